@@ -1,0 +1,55 @@
+"""Every error rankstream raises on purpose, in one tree under RankstreamError."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RankstreamError(Exception):
+    """Base of every error rankstream raises on purpose."""
+
+
+class InvalidRequest(RankstreamError, ValueError):
+    """A ranking request was refused; nothing was enqueued.
+
+    `errors` lists `{"field": "products.3.product_id", "message": "..."}` dicts, so callers
+    (CLI, gateway) can name each offending field.
+    """
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{e['field']}: {e['message']}" for e in errors))
+
+    @property
+    def fields(self) -> list[str]:
+        return [e["field"] for e in self.errors]
+
+
+class JobNotFound(RankstreamError, LookupError):
+    """No job with this id was ever enqueued here."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"no job {job_id!r}")
+
+
+class JobGone(RankstreamError, LookupError):
+    """The job existed, but its stream has expired (RANKSTREAM_STREAM_TTL)."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"job {job_id!r} has expired; its events are gone")
+
+
+class JobFailed(RankstreamError):
+    """A job gave up; carries the code and retryability its `error` event reports."""
+
+    def __init__(self, code: str, message: str, *, retryable: bool = False) -> None:
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+        super().__init__(f"{code}: {message}")
+
+
+class RedisUnavailable(RankstreamError):
+    """No Redis could be found or started."""

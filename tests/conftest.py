@@ -1,0 +1,167 @@
+"""Fixtures: a private Redis, the LLM simulator and a worker, all as real processes.
+
+Nothing here sleeps on a guess: every wait polls for the thing it needs, with a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from rq import Worker
+
+from rankstream.queue import ranking_queue
+from rankstream.redis_server import RedisServer, free_port
+from rankstream.settings import Settings
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll until predicate() is truthy; its value, or AssertionError at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """REDIS_URL if set (tests only add keys of their own queues), else a private server."""
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    with RedisServer() as server:
+        yield server.url
+
+
+@pytest.fixture
+def connection(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def make_settings(redis_url: str, **overrides: Any) -> Settings:
+    base: dict[str, Any] = {"redis_url": redis_url, "queue": f"test-{uuid.uuid4().hex[:8]}"}
+    return Settings.model_validate({**base, **overrides})
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    """Settings on a queue of this test's own."""
+    return make_settings(redis_url)
+
+
+class Process:
+    """A rankstream subcommand running as a child process."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.args = args
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "rankstream", *args],
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> str:
+        if self.alive():
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.stdout.read().decode(errors="replace") if self.process.stdout else ""
+
+
+class Simulator(Process):
+    def __init__(self, ttft: float = 0.05, tokens_per_second: float = 400.0) -> None:
+        self.port = free_port()
+        super().__init__(
+            [
+                "llm-sim",
+                "--port",
+                str(self.port),
+                "--ttft",
+                str(ttft),
+                "--tokens-per-second",
+                str(tokens_per_second),
+            ],
+            {},
+        )
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.admin = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=5)
+        wait_for(self._answers, 20, "the simulator to answer")
+
+    def _answers(self) -> bool:
+        if not self.alive():
+            raise AssertionError(f"simulator exited: {self.stop()}")
+        try:
+            return self.admin.get("/v1/models").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def requests(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.admin.get("/sim/requests").json()
+        return result
+
+    def fault(self, name: str, count: int | None = None) -> None:
+        self.admin.post("/sim/faults", json={"fault": name, "count": count}).raise_for_status()
+
+
+class WorkerProcess(Process):
+    def __init__(self, settings: Settings, sim: Simulator, **env: str) -> None:
+        self.settings = settings
+        self.metrics_port = free_port()
+        super().__init__(
+            ["worker"],
+            {
+                "REDIS_URL": settings.redis_url or "",
+                "OPENAI_BASE_URL": sim.base_url,
+                "RANKSTREAM_QUEUE": settings.queue,
+                "RANKSTREAM_METRICS_PORT": str(self.metrics_port),
+                **env,
+            },
+        )
+        connection = redis.Redis.from_url(settings.redis_url or "")
+        queue = ranking_queue(connection, settings)
+        wait_for(lambda: self._up(queue), 30, "the worker to register")
+
+    def _up(self, queue: Any) -> bool:
+        if not self.alive():
+            raise AssertionError(f"worker exited: {self.stop()}")
+        return Worker.count(queue=queue) > 0
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[Simulator]:
+    simulator = Simulator()
+    yield simulator
+    simulator.stop()
+
+
+@pytest.fixture(scope="module")
+def module_settings(redis_url: str) -> Settings:
+    return make_settings(redis_url)
+
+
+@pytest.fixture(scope="module")
+def worker(module_settings: Settings, sim: Simulator) -> Iterator[WorkerProcess]:
+    process = WorkerProcess(module_settings, sim)
+    yield process
+    process.stop()

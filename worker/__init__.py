@@ -1,0 +1,1 @@
+"""The worker: runs ranking jobs from the RQ queue and publishes each item the moment it parses."""

@@ -1,0 +1,76 @@
+"""The prompt: what the LLM is asked, and the JSON shape its answer must take.
+
+The model writes only product ids (names come from the catalogue), so it spends fewer tokens
+and the first item arrives sooner. The response schema comes from the item model and pins
+product_id to the catalogue's ids.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel
+
+from rankstream.models import RankingRequest, Recommendation
+
+ARRAY_FIELD = "recommendations"
+
+SYSTEM = (
+    "You rank the candidate products of an online shop for one customer. "
+    'Answer with JSON only: {"recommendations": [{"product_id": "..."}, ...]}, the most relevant '
+    "product first, each candidate at most once, every product_id copied verbatim from the candidates."
+)
+
+
+def messages(request: RankingRequest) -> list[dict[str, str]]:
+    candidates = "\n".join(
+        json.dumps({"product_id": p.product_id, "product_name": p.product_name}, ensure_ascii=False)
+        for p in request.products
+    )
+    how_many = f"the {request.top_k} most relevant" if request.top_k else "all"
+    user = (
+        f"<profile>\n{request.profile}\n</profile>\n\n"
+        f"<candidates>\n{candidates}\n</candidates>\n\n"
+        f"Rank {how_many} candidates for this customer."
+    )
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+
+
+def item_schema(request: RankingRequest, item_model: type[BaseModel] = Recommendation) -> dict[str, Any]:
+    """The item model's JSON schema, tightened for strict structured outputs."""
+    schema = _strict(item_model.model_json_schema())
+    schema["properties"]["product_id"] = {"type": "string", "enum": [p.product_id for p in request.products]}
+    return schema
+
+
+def response_format(request: RankingRequest) -> dict[str, Any]:
+    wrapper = {
+        "type": "object",
+        "properties": {ARRAY_FIELD: {"type": "array", "items": item_schema(request)}},
+        "required": [ARRAY_FIELD],
+        "additionalProperties": False,
+    }
+    return {"type": "json_schema", "json_schema": {"name": "ranking", "strict": True, "schema": wrapper}}
+
+
+def _strict(schema: dict[str, Any]) -> dict[str, Any]:
+    """Strict mode wants every property required, no extras, and no keywords it does not know."""
+    properties = {name: {"type": spec.get("type", "string")} for name, spec in schema["properties"].items()}
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties),
+        "additionalProperties": False,
+    }
+
+
+def chat_request(request: RankingRequest, model: str) -> dict[str, Any]:
+    """The keyword arguments of chat.completions.create, without `stream`."""
+    return {
+        "model": model,
+        "messages": messages(request),
+        "response_format": response_format(request),
+        "stream_options": {"include_usage": True},
+        "temperature": 0,
+    }

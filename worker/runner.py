@@ -1,0 +1,49 @@
+"""`rankstream worker`: an RQ worker that runs ranking jobs and serves /metrics.
+
+It is a plain RQ SimpleWorker underneath (so `rq info` sees it): jobs run in the worker
+process, next to the shared runtime (event loop, LLM connection pool, Redis pool), instead of
+in a forked child per job that would start every LLM connection cold.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from rq import SimpleWorker
+
+from rankstream.queue import SERIALIZER, connect, ranking_queue
+from rankstream.settings import Settings
+
+from .guard import GuardedJob
+from .metrics import serve_metrics
+from .runtime import Runtime
+
+log = logging.getLogger("rankstream.worker")
+
+
+def _log_level() -> str:
+    return logging.getLevelName(logging.getLogger().getEffectiveLevel())
+
+
+class RankingWorker(SimpleWorker):
+    job_class = GuardedJob
+
+
+def run_worker(settings: Settings, *, burst: bool = False, llm_base_url: str | None = None) -> bool:
+    """Work the queue until stopped (or, with burst, until it is empty). True if any job ran."""
+    connection = connect(settings)
+    runtime = Runtime(settings, llm_base_url)
+    Runtime.install(runtime)
+    if settings.metrics_port:
+        serve_metrics(settings.metrics_host, settings.metrics_port, connection, settings)
+    worker = RankingWorker(
+        [ranking_queue(connection, settings)],
+        connection=connection,
+        serializer=SERIALIZER,
+        job_class=GuardedJob,
+    )
+    log.info("LLM at %s; metrics on :%s", runtime.llm_base_url or "api.openai.com", settings.metrics_port)
+    try:
+        return bool(worker.work(burst=burst, logging_level=_log_level(), with_scheduler=False))
+    finally:
+        runtime.close()

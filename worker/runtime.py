@@ -1,0 +1,77 @@
+"""What one worker process shares between its jobs: an event loop, the LLM client, Redis.
+
+Jobs spend seconds waiting on the LLM and milliseconds computing, so their I/O runs as
+coroutines on one event loop in a background thread, with one HTTP connection pool and one
+Redis pool for all of them. RQ calls the job function in its own thread; the function hands
+its coroutine to this loop and waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from concurrent.futures import Future
+from typing import Any, ClassVar, TypeVar
+
+import openai
+import redis.asyncio as aioredis
+
+from rankstream.scripts import JobScripts
+from rankstream.settings import Settings, get_settings
+from rankstream.simulator import RunningSim, SimConfig, start_in_thread
+
+from .llm import make_client
+
+T = TypeVar("T")
+
+
+class Runtime:
+    _current: ClassVar[Runtime | None] = None
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, settings: Settings, llm_base_url: str | None = None) -> None:
+        self.settings = settings
+        self.simulator: RunningSim | None = None
+        if llm_base_url is None and settings.uses_simulator:
+            config = SimConfig(ttft=settings.sim_ttft, tokens_per_second=settings.sim_tokens_per_second)
+            self.simulator = start_in_thread(config)
+            llm_base_url = self.simulator.base_url
+        self.llm_base_url = llm_base_url or settings.openai_base_url
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="rankstream-io", daemon=True)
+        self._thread.start()
+        self.llm: openai.AsyncOpenAI = make_client(settings, self.llm_base_url)
+        self.redis: aioredis.Redis = aioredis.Redis.from_url(settings.redis_url or "redis://127.0.0.1:6379/0")
+        self.scripts = JobScripts(self.redis)
+
+    @classmethod
+    def current(cls) -> Runtime:
+        """The process's runtime, made on first use (a plain `rq worker` works too)."""
+        with cls._lock:
+            if cls._current is None:
+                cls._current = Runtime(get_settings())
+            return cls._current
+
+    @classmethod
+    def install(cls, runtime: Runtime) -> None:
+        with cls._lock:
+            cls._current = runtime
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def close(self) -> None:
+        async def _close() -> None:
+            await self.llm.close()
+            await self.redis.aclose()
+
+        if self.loop.is_running():
+            self.submit(_close()).result(timeout=10)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=10)
+        if self.simulator is not None:
+            self.simulator.stop()
+        with Runtime._lock:
+            if Runtime._current is self:
+                Runtime._current = None
