@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from .exceptions import InvalidRequest, JobGone, JobNotFound
 from .settings import Settings, get_settings
 
@@ -75,9 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(**overrides: Any) -> Settings:
-    base = get_settings()
+    """The environment's settings with the command line's flags on top, validated alike."""
     given = {k: v for k, v in overrides.items() if v is not None}
-    return base.model_copy(update=given) if given else base
+    if not given:
+        return get_settings()
+    try:
+        return Settings.model_validate({**get_settings().model_dump(), **given})
+    except ValidationError as exc:
+        raise SystemExit(f"rankstream: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None
 
 
 def _worker(args: argparse.Namespace) -> int:

@@ -165,3 +165,18 @@ def worker(module_settings: Settings, sim: Simulator) -> Iterator[WorkerProcess]
     process = WorkerProcess(module_settings, sim)
     yield process
     process.stop()
+
+
+def finished_stream(connection: redis.Redis, job_id: str) -> list[dict[str, Any]]:
+    """The whole stream of a job once it has its terminal event; asserts there is exactly one."""
+    from producer.events import parse_entry
+    from rankstream import keys
+
+    def read() -> list[Any] | None:
+        entries = connection.xrange(keys.events(job_id))
+        return entries if entries and entries[-1][1][b"type"] in (b"done", b"error") else None
+
+    entries = wait_for(read, 30, f"job {job_id} to end")
+    stream = [parse_entry(entry_id, fields) for entry_id, fields in entries]
+    assert sum(e.terminal for e in stream) == 1, [e.type for e in stream]
+    return [{"type": e.type, "id": e.id, **e.data} for e in stream]
