@@ -9,15 +9,13 @@ KEYS for every script: [state, events, published] (see rankstream.keys.job_keys)
 
 from __future__ import annotations
 
-from typing import Any
-
 import redis
 
-# ARGV: ttl, job_id, model, now.  Returns {attempt, already_published} or {-1} if the job has
-# ended (cancelled while queued, or finished by another worker) or {-2} if cancel was asked.
+# ARGV: ttl, job_id, model, now.  Returns {attempt, already_published, enqueued_at}; attempt is
+# -1 if the job has ended (cancelled while queued, or finished elsewhere), -2 if cancel was asked.
 START = """
-if redis.call('HEXISTS', KEYS[1], 'terminal') == 1 then return {-1, 0} end
-if redis.call('HGET', KEYS[1], 'cancel') == '1' then return {-2, 0} end
+if redis.call('HEXISTS', KEYS[1], 'terminal') == 1 then return {-1, 0, ''} end
+if redis.call('HGET', KEYS[1], 'cancel') == '1' then return {-2, 0, ''} end
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
 redis.call('HSET', KEYS[1], 'status', 'running')
 redis.call('HSETNX', KEYS[1], 'started_at', ARGV[4])
@@ -25,7 +23,7 @@ local data = '{"job_id":' .. cjson.encode(ARGV[2]) .. ',"attempt":' .. attempt .
              ',"model":' .. cjson.encode(ARGV[3]) .. '}'
 redis.call('XADD', KEYS[2], '*', 'type', 'started', 'data', data)
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[1]) end
-return {attempt, redis.call('SCARD', KEYS[3])}
+return {attempt, redis.call('SCARD', KEYS[3]), redis.call('HGET', KEYS[1], 'enqueued_at') or ''}
 """
 
 # ARGV: product_id, the item's JSON object without its opening brace, ttl, now.
@@ -51,16 +49,6 @@ local id = redis.call('XADD', KEYS[2], '*', 'type', ARGV[1], 'data', ARGV[2])
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
 return id
 """
-
-
-class JobScripts:
-    """The scripts, registered once per client (EVALSHA after the first call)."""
-
-    def __init__(self, client: Any) -> None:
-        # `client` is a redis.Redis or redis.asyncio.Redis: both register scripts the same way.
-        self.start = client.register_script(START)
-        self.publish_item = client.register_script(PUBLISH_ITEM)
-        self.finish = client.register_script(FINISH)
 
 
 def finish_sync(

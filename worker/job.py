@@ -82,7 +82,7 @@ class Ranking:
         self.catalogue = request.catalogue()
         self.model = request.model or self.settings.model
         self.chat = prompt.chat_request(request, self.model)
-        self.publisher = Publisher(runtime.redis, runtime.scripts, job_id, self.settings.stream_ttl)
+        self.publisher = Publisher(runtime.redis, job_id, self.settings.stream_ttl)
         self.rejected = dict.fromkeys(REJECT_REASONS, 0)
         self.count = 0  # the rank of the last published item (ranks are given in Redis)
         self.attempt = 0

@@ -2,6 +2,8 @@
 
 `started` once per attempt, each `item` the moment it is checked (rank assigned in Redis, so a
 product_id appears at most once per job even across retries), and exactly one terminal event.
+It speaks through the worker's RespClient: this is the hot path between an element closing
+and a subscriber holding it.
 """
 
 from __future__ import annotations
@@ -9,17 +11,19 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
 
-import redis.asyncio as aioredis
-
-from rankstream import keys
+from rankstream import keys, scripts
 from rankstream.models import Done, Failed
-from rankstream.scripts import JobScripts
+
+from .resp import RespClient, Script
 
 JOB_ENDED = -1
 CANCEL_REQUESTED = -2
 DUPLICATE = 0
+
+START = Script(scripts.START)
+PUBLISH_ITEM = Script(scripts.PUBLISH_ITEM)
+FINISH = Script(scripts.FINISH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,38 +34,37 @@ class Start:
 
 
 class Publisher:
-    """Writes one job's events. One instance per job; the client and scripts are shared."""
+    """Writes one job's events. One instance per job; the client is shared by all jobs."""
 
-    def __init__(self, client: aioredis.Redis, scripts: JobScripts, job_id: str, ttl: int) -> None:
+    def __init__(self, client: RespClient, job_id: str, ttl: int) -> None:
         self._client = client
-        self._scripts = scripts
         self.job_id = job_id
         self._keys = keys.job_keys(job_id)
         self._state = keys.state(job_id)
         self._ttl = ttl
 
     async def start(self, model: str) -> Start:
-        attempt, published = await self._scripts.start(
-            keys=self._keys, args=[self._ttl, self.job_id, model, repr(time.time())]
+        reply = await self._client.evalsha(
+            START, self._keys, [self._ttl, self.job_id, model, repr(time.time())]
         )
-        enqueued = await self._client.hget(self._state, "enqueued_at")
-        return Start(int(attempt), int(published), float(enqueued) if enqueued else None)
+        attempt, published, enqueued = reply  # type: ignore[misc]
+        return Start(int(attempt), int(published), float(enqueued) if enqueued else None)  # type: ignore[arg-type]
 
-    async def item(self, product_id: str, fields: dict[str, Any]) -> int:
+    async def item(self, product_id: str, fields: dict[str, object]) -> int:
         """Publish one item; its rank, or DUPLICATE, JOB_ENDED or CANCEL_REQUESTED."""
         body = json.dumps({"product_id": product_id, **fields}, ensure_ascii=False, separators=(",", ":"))
-        rank, _entry = await self._scripts.publish_item(
-            keys=self._keys, args=[product_id, body[1:], self._ttl, repr(time.time())]
+        reply = await self._client.evalsha(
+            PUBLISH_ITEM, self._keys, [product_id, body[1:], self._ttl, repr(time.time())]
         )
-        return int(rank)
+        return int(reply[0])  # type: ignore[index, arg-type]
 
     async def cancel_requested(self) -> bool:
-        return bool(await self._client.hget(self._state, "cancel") == b"1")
+        return await self._client.execute("HGET", self._state, "cancel") == b"1"
 
     async def moments(self) -> tuple[float | None, float | None]:
         """When the job first started, and when its first item was published (epoch seconds)."""
-        started, first_item = await self._client.hmget(self._state, ["started_at", "first_item_at"])
-        return (float(started) if started else None, float(first_item) if first_item else None)
+        started, first_item = await self._client.execute("HMGET", self._state, "started_at", "first_item_at")  # type: ignore[misc]
+        return (float(started) if started else None, float(first_item) if first_item else None)  # type: ignore[arg-type]
 
     async def done(self, done: Done) -> bool:
         return await self._finish("done", done.model_dump_json())
@@ -71,7 +74,7 @@ class Publisher:
 
     async def _finish(self, event_type: str, data: str) -> bool:
         """True if this call wrote the job's terminal event (false: it already had one)."""
-        entry = await self._scripts.finish(
-            keys=self._keys, args=[event_type, data, self._ttl, repr(time.time())]
+        entry = await self._client.evalsha(
+            FINISH, self._keys, [event_type, data, self._ttl, repr(time.time())]
         )
-        return bool(entry)
+        return entry is not None

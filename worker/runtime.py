@@ -9,19 +9,19 @@ its coroutine to this loop and waits.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Coroutine
 from concurrent.futures import Future
 from typing import Any, ClassVar, TypeVar
 
 import openai
-import redis.asyncio as aioredis
 
-from rankstream.scripts import JobScripts
 from rankstream.settings import Settings, get_settings
 from rankstream.simulator import RunningSim, SimConfig, start_in_thread
 
 from .llm import make_client
+from .resp import RespClient
 
 T = TypeVar("T")
 
@@ -42,8 +42,7 @@ class Runtime:
         self._thread = threading.Thread(target=self.loop.run_forever, name="rankstream-io", daemon=True)
         self._thread.start()
         self.llm: openai.AsyncOpenAI = make_client(settings, self.llm_base_url)
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(settings.redis_url or "redis://127.0.0.1:6379/0")
-        self.scripts = JobScripts(self.redis)
+        self.redis = RespClient(settings.redis_url or "redis://127.0.0.1:6379/0")
 
     @classmethod
     def current(cls) -> Runtime:
@@ -61,10 +60,17 @@ class Runtime:
     def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
+    @classmethod
+    def _forget_after_fork(cls) -> None:
+        # A forked child (RQ's forking Worker) has none of the parent's threads: its event loop
+        # is gone, so the child must build a runtime of its own on first use.
+        cls._current = None
+        cls._lock = threading.Lock()
+
     def close(self) -> None:
         async def _close() -> None:
             await self.llm.close()
-            await self.redis.aclose()
+            await self.redis.close()
 
         if self.loop.is_running():
             self.submit(_close()).result(timeout=10)
@@ -75,3 +81,6 @@ class Runtime:
         with Runtime._lock:
             if Runtime._current is self:
                 Runtime._current = None
+
+
+os.register_at_fork(after_in_child=Runtime._forget_after_fork)
