@@ -17,9 +17,13 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 	$(PIP) install -e '.[dev]'
 	touch $@ $(VENV)/.runtime
 
-$(VENV)/.bench: pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[dev,bench]'
-	touch $@ $(VENV)/.dev $(VENV)/.runtime
+# The baselines (instructor, partial-json-parser) pin older openai/jiter: a venv of their own.
+BENCH_VENV := .venv-bench
+
+$(BENCH_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip --disable-pip-version-check -q install -e '.[bench]'
+	touch $@
 
 install: $(VENV)/.runtime
 
@@ -38,8 +42,8 @@ typecheck: $(VENV)/.dev
 pytest: $(VENV)/.dev
 	$(BIN)/pytest
 
-bench: $(VENV)/.bench
-	$(BIN)/python -m bench
+bench: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 from rankstream import example
 from worker import prompt
-from worker.llm import SSEDecoder, StreamState, stream_deltas
+from worker.llm import LLMStreamError, SSEDecoder, StreamState, payload_text, stream_deltas
 
 TOOL = {
     "type": "function",
@@ -118,3 +119,45 @@ class TestSSEDecoder:
         decoder = SSEDecoder()
         data = b': keep-alive\r\n\r\nevent: x\r\ndata: {"a":\r\ndata: 1}\r\n\r\ndata:[DONE]\n\n'
         assert list(decoder.feed(data)) == [b'{"a":\n1}', b"[DONE]"]
+
+
+def chunk(delta: dict[str, Any], **extra: Any) -> bytes:
+    return json.dumps({"id": "c", "choices": [{"index": 0, "delta": delta, **extra}]}).encode()
+
+
+class TestPickingTheText:
+    """The fast path reads only the delta's string; anything else is parsed in full."""
+
+    @pytest.mark.parametrize(
+        "payload,text",
+        [
+            (
+                chunk({"content": 'a "quoted" \\ \u00e9 \U0001f600 {]'}),
+                'a "quoted" \\ \u00e9 \U0001f600 {]',
+            ),
+            (b'{"choices":[{"delta":{"content" : "spaced"}}]}', "spaced"),
+            (
+                chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"product_id'}}]}),
+                '{"product_id',
+            ),
+            (chunk({"role": "assistant", "content": ""}), ""),
+            (chunk({"content": None, "refusal": None}), ""),
+        ],
+    )
+    def test_text_of_a_chunk(self, payload: bytes, text: str) -> None:
+        assert payload_text(payload, StreamState(requested_at=0)) == text
+
+    def test_finish_reason_and_usage_are_noted_even_beside_text(self) -> None:
+        state = StreamState(requested_at=0)
+        assert payload_text(chunk({"content": "]}"}, finish_reason="stop"), state) == "]}"
+        payload_text(
+            b'{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}', state
+        )
+        assert state.finish_reason == "stop"
+        assert state.usage is not None and state.usage.total_tokens == 7
+
+    def test_an_error_inside_the_stream_raises(self) -> None:
+        with pytest.raises(LLMStreamError):
+            payload_text(
+                b'{"error":{"message":"overloaded","type":"server_error"}}', StreamState(requested_at=0)
+            )

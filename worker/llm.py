@@ -9,11 +9,13 @@ argument fragment; both are just text to the extractor.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from json.decoder import scanstring  # type: ignore[attr-defined]
 from typing import Any
 
 import httpx2
@@ -21,6 +23,8 @@ import openai
 
 from rankstream.models import Usage
 from rankstream.settings import Settings
+
+from .network import http_client
 
 SIMULATOR_KEY = "rankstream-simulator"  # the simulator accepts any key; the client insists on one
 
@@ -48,12 +52,33 @@ def make_client(settings: Settings, base_url: str | None = None) -> openai.Async
     # The job's watchdog enforces first-token, idle and job deadlines precisely; the socket
     # timeouts here only catch what a watchdog cannot (a connect that never completes).
     read = max(settings.first_token_timeout, settings.idle_timeout) + 5
+    timeout = httpx2.Timeout(connect=10.0, read=read, write=10.0, pool=10.0)
     return openai.AsyncOpenAI(
         api_key=key,
         base_url=base_url or settings.openai_base_url,
         max_retries=0,  # the job retries, so it can count causes, keep deadlines and say `started`
-        timeout=httpx2.Timeout(connect=10.0, read=read, write=10.0, pool=10.0),
+        timeout=timeout,
+        http_client=http_client(timeout),
     )
+
+
+# A chunk's text is the JSON string after "content" or "arguments" (there is one choice, n=1).
+# Quotes inside JSON strings are escaped, so this marker can only be a real key; decoding just
+# that string (json's C scanstring) costs a fraction of json.loads of the whole chunk.
+_TEXT_KEY = re.compile(rb'"(?:content|arguments)"\s*:\s*"')
+# Chunks that carry more than text: read in full.
+_METADATA = re.compile(rb'"(?:finish_reason"\s*:\s*"|usage"\s*:\s*\{|error")')
+
+
+def payload_text(payload: bytes, state: StreamState) -> str:
+    """The text one SSE `data` payload adds; notes usage, finish reason and errors in `state`."""
+    match = _TEXT_KEY.search(payload)
+    if match is not None and _METADATA.search(payload) is None:
+        text: str = scanstring(payload[match.end() :].decode(), 0)[0]
+        return text
+    event = json.loads(payload)
+    _note_metadata(event, state)
+    return delta_text(event)
 
 
 def delta_text(event: dict[str, Any]) -> str:
@@ -120,12 +145,9 @@ async def _deltas(response: httpx2.Response, state: StreamState) -> AsyncIterato
             if payload == b"[DONE]":
                 state.completed = True
                 break
-            event = json.loads(payload)
-            text = delta_text(event)
+            text = payload_text(payload, state)
             if text:
                 texts.append(text)
-            else:
-                _note_metadata(event, state)
         if texts:
             if state.first_token_at is None:
                 state.first_token_at = time.time()
