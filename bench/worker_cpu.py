@@ -9,11 +9,18 @@ divided by the chunks the simulator sent.
   bytes, the extractor, catalogue checks, the publisher's Lua step per item, metrics;
 - openai SDK + instructor: `chat.completions.create(stream=True)` (a pydantic object per
   chunk), instructor's `Iterable` parser over the content deltas, an XADD per item;
-- openai SDK alone: the same stream read as SDK objects, nothing parsed or published.
+- openai SDK alone: the same stream read as SDK objects, nothing parsed or published;
+- floor: the same bytes read from a bare asyncio socket, nothing parsed or published: what any
+  Python reader pays for the event loop, the wake-ups and the system calls.
+
+Run twice: with the simulator unpaced (the stream arrives in large reads) and paced at 1,000
+tokens a second, where every chunk is a read of its own, as from a real LLM.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import statistics
 import time
 import uuid
@@ -81,13 +88,37 @@ def sdk_alone_cpu(client: openai.OpenAI, request: RankingRequest, llm_url: str) 
     return (time.process_time() - start) / _chunks_sent(llm_url)
 
 
-def measure(redis_url: str, llm_url: str, runs: int) -> list[Row]:
+def floor_cpu(request: RankingRequest, llm_url: str) -> float:
+    host, port = llm_url.split("//")[1].split("/")[0].split(":")
+    body = json.dumps({**chat_request(request, "rankstream-sim"), "stream": True}).encode()
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json\r\n"
+        % host.encode()
+    )
+
+    async def read() -> None:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(head + b"content-length: %d\r\n\r\n%s" % (len(body), body))
+        tail = b""
+        while b"[DONE]" not in tail:
+            data = await reader.read(65536)
+            if not data:
+                break
+            tail = tail[-16:] + data
+        writer.close()
+
+    start = time.process_time()
+    asyncio.run(read())
+    return (time.process_time() - start) / _chunks_sent(llm_url)
+
+
+def measure(redis_url: str, llm_url: str, runs: int, pace: str) -> list[Row]:
     request = RankingRequest.model_validate(catalogue_request(PRODUCTS))
     settings = Settings.model_validate({"redis_url": redis_url, "fallback": False})
     runtime = Runtime(settings, llm_url)
     client = openai.OpenAI(base_url=llm_url, api_key="unused", max_retries=0)
     connection = redis.Redis.from_url(redis_url)
-    samples: dict[str, list[float]] = {"ours": [], "sdk+instructor": [], "sdk": []}
+    samples: dict[str, list[float]] = {"ours": [], "sdk+instructor": [], "sdk": [], "floor": []}
     try:
         rankstream_cpu(runtime, request, llm_url)  # warm: connections, imports, scripts loaded
         sdk_instructor_cpu(client, connection, request, llm_url)
@@ -95,6 +126,7 @@ def measure(redis_url: str, llm_url: str, runs: int) -> list[Row]:
             samples["ours"].append(rankstream_cpu(runtime, request, llm_url))
             samples["sdk+instructor"].append(sdk_instructor_cpu(client, connection, request, llm_url))
             samples["sdk"].append(sdk_alone_cpu(client, request, llm_url))
+            samples["floor"].append(floor_cpu(request, llm_url))
     finally:
         runtime.close()
     us = {name: statistics.median(values) * 1e6 for name, values in samples.items()}
@@ -102,10 +134,11 @@ def measure(redis_url: str, llm_url: str, runs: int) -> list[Row]:
     return [
         Row(
             "2 worker",
-            "worker CPU per chunk, socket to XADD (us)",
+            f"worker CPU per chunk, socket to XADD, {pace} (us)",
             f"{ours:.1f}",
             f"{us['sdk+instructor']:.1f} (openai SDK + instructor)",
             f"{us['sdk+instructor'] / ours:.1f}x less",
         ),
         Row("", "", "", f"{us['sdk']:.1f} (openai SDK objects alone)", f"{us['sdk'] / ours:.1f}x less"),
+        Row("", "", "", f"{us['floor']:.1f} (floor: bare socket read)", f"{ours / us['floor']:.1f}x floor"),
     ]

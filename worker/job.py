@@ -26,6 +26,7 @@ from . import metrics, prompt
 from .extract import Item, ItemExtractor, Rejected
 from .llm import StreamState, classify, stream_deltas
 from .publish import CANCEL_REQUESTED, DUPLICATE, JOB_ENDED, Publisher
+from .resp import Sent
 from .runtime import Runtime
 
 log = logging.getLogger("rankstream.worker")
@@ -63,6 +64,16 @@ class Outcome:
     retryable: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """An item sent to Redis whose rank has not been read yet."""
+
+    sent: Sent
+    closed: float  # perf_counter when its element closed
+    source: str
+    state: StreamState | None
+
+
 class _Stop(Exception):
     """The attempt must end now; `code` says why (a timeout, a cancel, the job ended elsewhere)."""
 
@@ -91,6 +102,7 @@ class Ranking:
         self.first_token_at: float | None = None
         self.last_item_at: float | None = None
         self._seen: set[str] = set()
+        self._pending: list[_Pending] = []
         self._task: asyncio.Task[Outcome] | None = None
         self._stop_code: str | None = None
 
@@ -183,8 +195,10 @@ class Ranking:
                 async for texts in batches:
                     for text in texts:
                         for result in extractor.feed(text):
-                            if await self._take(result, state):
+                            self._take(result, state)
+                            if self._may_have_enough() and await self._has_enough(state):
                                 return  # top_k reached: leaving the block closes the stream
+                    await self._settle(state)
             except asyncio.CancelledError:
                 if self._stop_code is None:
                     raise
@@ -193,8 +207,10 @@ class Ranking:
             finally:
                 watchdog.cancel()
                 self._note_stream_end(state)
+                await self._settle(state)  # what was sent counts, whatever ended the stream
         for result in extractor.close():
-            await self._take(result, state)
+            self._take(result, state)
+        await self._settle(state)
         if self.settings.fallback and self.count > 0:
             await self._fill_from_catalogue()
 
@@ -222,48 +238,63 @@ class Ranking:
         self._stop_code = code
         task.cancel()
 
-    async def _take(self, result: Item[Recommendation] | Rejected, state: StreamState) -> bool:
-        """Check and publish one element; True once top_k items are out."""
+    def _take(self, result: Item[Recommendation] | Rejected, state: StreamState) -> None:
+        """Check one element; a good one is sent to Redis at once (its rank comes back later)."""
         if isinstance(result, Rejected):
             self._reject(result.reason)
-            return False
+            return
         product_id = result.value.product_id
         name = self.catalogue.get(product_id)
         if name is None:
             self._reject("unknown_id")
-            return False
+            return
         if product_id in self._seen:
             self._reject("duplicate")
-            return False
+            return
         self._seen.add(product_id)
-        extra = result.value.model_dump(exclude={"product_id"})
-        if state.first_token_at is not None and self.first_token_at is None:
+        if self.first_token_at is None and state.first_token_at is not None:
             self.first_token_at = state.first_token_at
             metrics.llm_time_to_first_token.observe(state.first_token_at - state.requested_at)
-        await self._publish(product_id, name, "llm", extra, state)
-        return self.request.top_k is not None and self.count >= self.request.top_k
+        self._send(product_id, name, "llm", result.value.model_dump(exclude={"product_id"}), state)
 
-    async def _publish(
+    def _send(
         self, product_id: str, name: str, source: str, extra: dict[str, Any], state: StreamState | None
     ) -> None:
-        closed = time.perf_counter()
-        rank = await self.publisher.item(product_id, {"product_name": name, "source": source, **extra})
-        if rank == DUPLICATE:
-            if source == "llm":  # published by an earlier attempt of this job
-                self._reject("duplicate")
-            return
-        if rank == CANCEL_REQUESTED:
-            raise _Stop("cancelled")
-        if rank == JOB_ENDED:
-            raise _Stop("ended")
+        sent = self.publisher.send_item(product_id, {"product_name": name, "source": source, **extra})
+        self._pending.append(_Pending(sent, time.perf_counter(), source, state))
+
+    def _may_have_enough(self) -> bool:
+        """top_k counting every item in flight as published (it nearly always is)."""
+        return self.request.top_k is not None and self.count + len(self._pending) >= self.request.top_k
+
+    async def _has_enough(self, state: StreamState | None) -> bool:
+        await self._settle(state)
+        return self.request.top_k is not None and self.count >= self.request.top_k
+
+    async def _settle(self, state: StreamState | None) -> None:
+        """Wait for the ranks of the items in flight, in the order they were sent."""
+        pending, self._pending = self._pending, []
+        for item in pending:
+            rank = int((await item.sent.result())[0])  # type: ignore[index, arg-type]
+            if rank == DUPLICATE:
+                if item.source == "llm":  # published by an earlier attempt of this job
+                    self._reject("duplicate")
+            elif rank == CANCEL_REQUESTED:
+                raise _Stop("cancelled")
+            elif rank == JOB_ENDED:
+                raise _Stop("ended")
+            else:
+                self._published(rank, item)
+
+    def _published(self, rank: int, item: _Pending) -> None:
         now = time.time()
-        metrics.publish_latency.observe(time.perf_counter() - closed)
+        metrics.publish_latency.observe(time.perf_counter() - item.closed)
         metrics.items_published.inc()
         if rank == 1:
             if self.enqueued_at is not None:
                 metrics.time_to_first_item.observe(now - self.enqueued_at)
-            if state is not None:
-                metrics.llm_time_to_first_item.observe(now - state.requested_at)
+            if item.state is not None:
+                metrics.llm_time_to_first_item.observe(now - item.state.requested_at)
         if self.last_item_at is not None:
             metrics.item_gap.observe(now - self.last_item_at)
         self.last_item_at = now
@@ -272,11 +303,12 @@ class Ranking:
     async def _fill_from_catalogue(self) -> None:
         """The LLM left some candidates out: append them in catalogue order, marked `fallback`."""
         for product_id, name in self.catalogue.items():
-            if self.request.top_k is not None and self.count >= self.request.top_k:
+            if self._may_have_enough() and await self._has_enough(None):
                 return
             if product_id not in self._seen:
                 self._seen.add(product_id)
-                await self._publish(product_id, name, "fallback", {}, None)
+                self._send(product_id, name, "fallback", {}, None)
+        await self._settle(None)
 
     def _reject(self, reason: str) -> None:
         self.rejected[reason] += 1

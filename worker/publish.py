@@ -15,15 +15,18 @@ from dataclasses import dataclass
 from rankstream import keys, scripts
 from rankstream.models import Done, Failed
 
-from .resp import RespClient, Script
+from .resp import RespClient, Script, Sent
 
 JOB_ENDED = -1
 CANCEL_REQUESTED = -2
 DUPLICATE = 0
 
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # built once, not per item
+
 START = Script(scripts.START)
 PUBLISH_ITEM = Script(scripts.PUBLISH_ITEM)
 FINISH = Script(scripts.FINISH)
+SCRIPTS = (START, PUBLISH_ITEM, FINISH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,24 +42,23 @@ class Publisher:
     def __init__(self, client: RespClient, job_id: str, ttl: int) -> None:
         self._client = client
         self.job_id = job_id
-        self._keys = keys.job_keys(job_id)
+        job_keys = keys.job_keys(job_id)
+        self._start = START.bind(job_keys)
+        self._publish_item = PUBLISH_ITEM.bind(job_keys)
+        self._finish_job = FINISH.bind(job_keys)
         self._state = keys.state(job_id)
         self._ttl = ttl
 
     async def start(self, model: str) -> Start:
-        reply = await self._client.evalsha(
-            START, self._keys, [self._ttl, self.job_id, model, repr(time.time())]
-        )
+        reply = await self._client.evalsha(self._start, [self._ttl, self.job_id, model, repr(time.time())])
         attempt, published, enqueued = reply  # type: ignore[misc]
         return Start(int(attempt), int(published), float(enqueued) if enqueued else None)  # type: ignore[arg-type]
 
-    async def item(self, product_id: str, fields: dict[str, object]) -> int:
-        """Publish one item; its rank, or DUPLICATE, JOB_ENDED or CANCEL_REQUESTED."""
-        body = json.dumps({"product_id": product_id, **fields}, ensure_ascii=False, separators=(",", ":"))
-        reply = await self._client.evalsha(
-            PUBLISH_ITEM, self._keys, [product_id, body[1:], self._ttl, repr(time.time())]
-        )
-        return int(reply[0])  # type: ignore[index, arg-type]
+    def send_item(self, product_id: str, fields: dict[str, object]) -> Sent:
+        """Publish one item without waiting: `int((await sent.result())[0])` is its rank,
+        or DUPLICATE, JOB_ENDED or CANCEL_REQUESTED. Items land in the order they are sent."""
+        body = _JSON.encode({"product_id": product_id, **fields})
+        return self._client.send(self._publish_item, [product_id, body[1:], self._ttl, repr(time.time())])
 
     async def cancel_requested(self) -> bool:
         return await self._client.execute("HGET", self._state, "cancel") == b"1"
@@ -74,7 +76,5 @@ class Publisher:
 
     async def _finish(self, event_type: str, data: str) -> bool:
         """True if this call wrote the job's terminal event (false: it already had one)."""
-        entry = await self._client.evalsha(
-            FINISH, self._keys, [event_type, data, self._ttl, repr(time.time())]
-        )
+        entry = await self._client.evalsha(self._finish_job, [event_type, data, self._ttl, repr(time.time())])
         return entry is not None

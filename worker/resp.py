@@ -36,12 +36,17 @@ class _Incomplete(Exception):
     pass
 
 
-def encode(args: tuple[Any, ...]) -> bytes:
-    parts = [b"*%d\r\n" % len(args)]
+def encode_parts(args: tuple[Any, ...] | list[Any]) -> bytes:
+    """The arguments of a command as RESP bulk strings, without the array header."""
+    parts = []
     for arg in args:
         data = arg if isinstance(arg, bytes) else str(arg).encode()
         parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(parts)
+
+
+def encode(args: tuple[Any, ...] | list[Any]) -> bytes:
+    return b"*%d\r\n" % len(args) + encode_parts(args)
 
 
 def parse(buffer: bytes, pos: int) -> tuple[Reply | RespError, int]:
@@ -128,40 +133,93 @@ class Script:
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
+    def bind(self, keys: list[str]) -> BoundScript:
+        return BoundScript(self, keys)
+
+
+class BoundScript:
+    """A script with its keys, encoded once: a job calls the same script on the same keys often."""
+
+    def __init__(self, script: Script, keys: list[str]) -> None:
+        self.script = script
+        self.keys = keys
+        self.count = 3 + len(keys)
+        self.head = encode_parts(("EVALSHA", script.sha, len(keys), *keys))
+
+
+class Sent:
+    """A script call already written to Redis; `await sent.result()` for its reply."""
+
+    def __init__(
+        self, client: RespClient, bound: BoundScript, args: list[Any], future: asyncio.Future[Reply]
+    ):
+        self._client = client
+        self._bound = bound
+        self._args = args
+        self._future = future
+
+    async def result(self) -> Reply:
+        try:
+            return await self._future
+        except RespError as exc:
+            if not str(exc).startswith("NOSCRIPT"):  # else: Redis lost its scripts (SCRIPT FLUSH)
+                raise
+        return await self._client.evalsha(self._bound, self._args)
+
 
 class RespClient:
-    """`await client.execute("HGET", key, field)`; `await client.evalsha(script, keys, args)`."""
+    """`await client.execute("HGET", key, field)`; `await client.evalsha(bound_script, args)`.
 
-    def __init__(self, url: str) -> None:
+    `send(bound_script, args)` writes a call without waiting for its reply: replies come back
+    in the order the calls were sent, so a caller can keep several in flight and still know
+    their order. Scripts given here are loaded on every (re)connect.
+    """
+
+    def __init__(self, url: str, scripts: tuple[Script, ...] = ()) -> None:
         self._options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+        self._scripts = scripts
         self._protocol: _Protocol | None = None
         self._connecting = asyncio.Lock()
 
-    async def execute(self, *args: Any) -> Reply:
+    def send(self, bound: BoundScript, args: list[Any]) -> Sent:
+        """Write the call now. Needs a live connection (any awaited call makes one)."""
         protocol = self._protocol
-        if protocol is None or protocol.lost is not None:
-            protocol = await self._connect()
-        return await self._send(protocol, args)
+        if protocol is None or protocol.lost is not None or protocol.transport is None:
+            raise RespConnectionError("not connected to Redis")
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        protocol.waiting.append(future)
+        protocol.transport.write(b"*%d\r\n%s%s" % (bound.count + len(args), bound.head, encode_parts(args)))
+        return Sent(self, bound, args, future)
 
-    async def evalsha(self, script: Script, keys: list[str], args: list[Any]) -> Reply:
+    async def execute(self, *args: Any) -> Reply:
+        return await self._send(await self._connected(), encode(args))
+
+    async def evalsha(self, bound: BoundScript, args: list[Any]) -> Reply:
+        payload = b"*%d\r\n%s%s" % (bound.count + len(args), bound.head, encode_parts(args))
         try:
-            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await self._send(await self._connected(), payload)
         except RespError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
-        await self.execute("SCRIPT", "LOAD", script.source)
-        return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        await self.execute("SCRIPT", "LOAD", bound.script.source)
+        return await self._send(await self._connected(), payload)
+
+    async def _connected(self) -> _Protocol:
+        protocol = self._protocol
+        if protocol is None or protocol.lost is not None:
+            protocol = await self._connect()
+        return protocol
 
     async def close(self) -> None:
         if self._protocol is not None and self._protocol.transport is not None:
             self._protocol.transport.close()
         self._protocol = None
 
-    async def _send(self, protocol: _Protocol, args: tuple[Any, ...]) -> Reply:
+    async def _send(self, protocol: _Protocol, payload: bytes) -> Reply:
         assert protocol.transport is not None
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         protocol.waiting.append(future)
-        protocol.transport.write(encode(args))
+        protocol.transport.write(payload)
         async with asyncio.timeout(COMMAND_TIMEOUT):
             return await future
 
@@ -172,9 +230,11 @@ class RespClient:
             protocol = await self._open()
             if self._options.get("password"):
                 credentials = [self._options.get("username"), self._options["password"]]
-                await self._send(protocol, ("AUTH", *(c for c in credentials if c)))
+                await self._send(protocol, encode(("AUTH", *(c for c in credentials if c))))
             if self._options.get("db"):
-                await self._send(protocol, ("SELECT", self._options["db"]))
+                await self._send(protocol, encode(("SELECT", self._options["db"])))
+            for script in self._scripts:
+                await self._send(protocol, encode(("SCRIPT", "LOAD", script.source)))
             self._protocol = protocol
             return protocol
 

@@ -21,6 +21,7 @@ from rankstream.settings import Settings, get_settings
 from rankstream.simulator import RunningSim, SimConfig, start_in_thread
 
 from .llm import make_client
+from .publish import SCRIPTS
 from .resp import RespClient
 
 T = TypeVar("T")
@@ -42,7 +43,7 @@ class Runtime:
         self._thread = threading.Thread(target=self.loop.run_forever, name="rankstream-io", daemon=True)
         self._thread.start()
         self.llm: openai.AsyncOpenAI = make_client(settings, self.llm_base_url)
-        self.redis = RespClient(settings.redis_url or "redis://127.0.0.1:6379/0")
+        self.redis = RespClient(settings.redis_url or "redis://127.0.0.1:6379/0", SCRIPTS)
 
     @classmethod
     def current(cls) -> Runtime:
