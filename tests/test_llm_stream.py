@@ -14,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rankstream import example
+from rankstream.settings import Settings
 from worker import prompt
-from worker.llm import LLMStreamError, SSEDecoder, StreamState, payload_text, stream_deltas
+from worker.llm import LLMStreamError, SSEDecoder, StreamState, make_client, payload_text, stream_deltas
 
 TOOL = {
     "type": "function",
@@ -48,7 +49,7 @@ def sdk_deltas(sim: Simulator, body: dict[str, Any]) -> list[str]:
 
 def raw_deltas(sim: Simulator, body: dict[str, Any]) -> tuple[list[str], StreamState]:
     async def read() -> tuple[list[str], StreamState]:
-        client = openai.AsyncOpenAI(base_url=sim.base_url, api_key="unused", max_retries=0)
+        client = make_client(Settings(), sim.base_url)  # the worker's own client
         texts: list[str] = []
         async with stream_deltas(client, body) as (state, batches):
             async for batch in batches:

@@ -139,6 +139,8 @@ async def _deltas(response: httpx2.Response, state: StreamState) -> AsyncIterato
     decoder = SSEDecoder()
     monotonic = time.monotonic
     async for chunk in response.aiter_bytes():
+        if state.completed:
+            continue  # read the body to its end, so the connection goes back to the pool
         state.last_chunk_at = monotonic()
         texts: list[str] = []
         for payload in decoder.feed(chunk):
@@ -153,8 +155,6 @@ async def _deltas(response: httpx2.Response, state: StreamState) -> AsyncIterato
                 state.first_token_at = time.time()
             state.chunks += len(texts)
             yield texts
-        if state.completed:
-            return
 
 
 def _note_metadata(event: dict[str, Any], state: StreamState) -> None:

@@ -202,9 +202,9 @@ class AsyncioBackend(httpcore2.AsyncNetworkBackend):
 LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
 
 
-def http_client(timeout: httpx2.Timeout) -> httpx2.AsyncClient:
+def http_client(timeout: httpx2.Timeout, verify: ssl.SSLContext | bool = True) -> httpx2.AsyncClient:
     """An httpx2 client like the openai SDK's default one, on the asyncio network backend."""
-    transport = httpx2.AsyncHTTPTransport(limits=LIMITS)
+    transport = httpx2.AsyncHTTPTransport(limits=LIMITS, verify=verify)
     # httpcore2 takes a network backend, but httpx2's transport does not pass one through.
     pool: httpcore2.AsyncConnectionPool = transport._pool
     pool._network_backend = AsyncioBackend()
