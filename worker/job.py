@@ -115,7 +115,8 @@ class Ranking:
         try:
             outcome = await self._run()
         except asyncio.CancelledError:
-            outcome = await self._fail(self._stop_code or "worker_lost", "the worker stopped the job", True)
+            code = _STOP_CODES.get(self._stop_code or "worker_lost", self._stop_code or "worker_lost")
+            outcome = await self._fail(code, "the worker stopped the job", True)
         except Exception as exc:
             log.exception("job %s failed", self.job_id)
             outcome = await self._fail("internal", f"{type(exc).__name__}: {exc}", False)
@@ -359,6 +360,9 @@ class Ranking:
             total=_since(base, time.time()),
         )
 
+
+# What a watchdog stop means to a subscriber when it ends the job rather than an attempt.
+_STOP_CODES = {"first_token_timeout": "timeout", "idle_timeout": "timeout"}
 
 _STOP_MESSAGES = {
     "timeout": "the job ran past RANKSTREAM_JOB_TIMEOUT",
