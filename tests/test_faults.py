@@ -127,3 +127,22 @@ class TestLLMFailuresAreRetried:
         assert error["type"] == "error"
         assert error["code"] == "llm_unavailable" and error["retryable"] is True and error["attempt"] == 3
         assert not items(stream)
+
+
+class TestDeadlines:
+    def test_a_job_past_its_timeout_ends_with_one_timeout_error(
+        self, redis_url: str, connection: redis.Redis
+    ) -> None:
+        settings = make_settings(redis_url)
+        slow = Simulator(ttft=0.05, tokens_per_second=10)  # ten items would take about six seconds
+        worker = WorkerProcess(settings, slow, RANKSTREAM_JOB_TIMEOUT="1.5")
+        try:
+            handle = enqueue(example.example_request(), settings=settings)
+            stream = finished_stream(connection, handle.job_id)
+        finally:
+            worker.stop()
+            slow.stop()
+
+        error = stream[-1]
+        assert error["type"] == "error" and error["code"] == "timeout"
+        assert 0 < len(items(stream)) < 10

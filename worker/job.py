@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rq import get_current_job
+from rq.timeouts import JobTimeoutException
 
 from rankstream.exceptions import JobFailed
 from rankstream.models import REJECT_REASONS, Done, Failed, RankingRequest, Recommendation, Timings, Usage
@@ -45,9 +46,10 @@ def rank(request: dict[str, Any]) -> dict[str, Any]:
     future = runtime.submit(ranking.run())
     try:
         outcome = future.result()
-    except BaseException:
+    except BaseException as exc:
         # RQ's own timeout or a cold shutdown interrupted us: let the job say so before going.
-        runtime.loop.call_soon_threadsafe(ranking.abort, "worker_lost")
+        code = "timeout" if isinstance(exc, JobTimeoutException) else "worker_lost"
+        runtime.loop.call_soon_threadsafe(ranking.abort, code)
         with contextlib.suppress(BaseException):  # we are leaving with the first error anyway
             future.result(timeout=ABORT_GRACE_SECONDS)
         raise
