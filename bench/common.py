@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from rankstream.processes import stop
 from rankstream.redis_server import RedisServer, free_port
 
 
@@ -64,12 +65,7 @@ def child(args: list[str], env: dict[str, str] | None = None) -> Iterator[subpro
     try:
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 @contextmanager

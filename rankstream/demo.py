@@ -19,6 +19,7 @@ from typing import Any
 from rq import Worker
 
 from . import example
+from .processes import stop
 from .queue import connect, ranking_queue
 from .redis_server import RedisServer, free_port
 from .settings import Settings
@@ -56,18 +57,8 @@ def run_demo(settings: Settings) -> int:
 def _start_worker(env: dict[str, str], stack: ExitStack) -> subprocess.Popen[bytes]:
     env = {**env, "RANKSTREAM_METRICS_PORT": str(free_port()), "RANKSTREAM_LOG_LEVEL": "WARNING"}
     process = subprocess.Popen([sys.executable, "-m", "rankstream", "worker"], env=env)
-    stack.callback(_stop, process)
+    stack.callback(stop, process)
     return process
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _wait_for_worker(settings: Settings, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:

@@ -17,6 +17,7 @@ from types import TracebackType
 import redis
 
 from .exceptions import RedisUnavailable
+from .processes import stop
 
 
 def find_redis_server() -> str:
@@ -88,13 +89,8 @@ class RedisServer:
         )
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        if self._process is not None:
+            stop(self._process, grace=5)
         if self._process is not None and self._process.stderr:
             self._process.stderr.close()
         self._process = None

@@ -18,6 +18,7 @@ import pytest
 import redis
 from rq import Worker
 
+from rankstream.processes import stop
 from rankstream.queue import ranking_queue
 from rankstream.redis_server import RedisServer, free_port
 from rankstream.settings import Settings
@@ -79,13 +80,7 @@ class Process:
         return self.process.poll() is None
 
     def stop(self) -> str:
-        if self.alive():
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop(self.process)
         return self.process.stdout.read().decode(errors="replace") if self.process.stdout else ""
 
 

@@ -59,35 +59,28 @@ def test_keep_alive_reuses_one_connection(sim: Simulator) -> None:
 
 
 def test_a_silent_server_raises_a_read_timeout_the_job_retries_as_timeout(sim: Simulator) -> None:
-    async def run() -> None:
-        http = http_client(httpx2.Timeout(5.0, read=0.3))
-        client = openai.AsyncOpenAI(base_url=sim.base_url, api_key="unused", max_retries=0, http_client=http)
-        try:
-            await stream_text(client)
-        finally:
-            await client.close()
-
     sim.fault("slow_first_token", 1)
     with pytest.raises(httpx2.ReadTimeout) as raised:  # in the body: the SDK does not wrap it
-        asyncio.run(run())
+        stream_from(sim.base_url, http_client(httpx2.Timeout(5.0, read=0.3)))
     assert classify(raised.value) == ("timeout", True, None)
 
 
-def test_a_refused_connection_raises_the_sdks_connection_error() -> None:
-    async def run() -> None:
-        client = openai.AsyncOpenAI(
-            base_url=f"http://127.0.0.1:{free_port()}/v1",
-            api_key="x",
-            max_retries=0,
-            http_client=http_client(TIMEOUT),
-        )
+def stream_from(url: str, http: httpx2.AsyncClient) -> str:
+    """The whole streamed answer, through a fresh openai client on `http`."""
+
+    async def run() -> str:
+        client = openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=0, http_client=http)
         try:
-            await stream_text(client)
+            return await stream_text(client)
         finally:
             await client.close()
 
+    return asyncio.run(run())
+
+
+def test_a_refused_connection_raises_the_sdks_connection_error() -> None:
     with pytest.raises(openai.APIConnectionError):
-        asyncio.run(run())
+        stream_from(f"http://127.0.0.1:{free_port()}/v1", http_client(TIMEOUT))
 
 
 @pytest.fixture(scope="module")
@@ -122,30 +115,10 @@ def tls_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, ssl
 
 def test_streams_over_tls(tls_sim: tuple[str, ssl.SSLContext]) -> None:
     url, trusted = tls_sim
-
-    async def run() -> str:
-        client = openai.AsyncOpenAI(
-            base_url=url, api_key="unused", max_retries=0, http_client=http_client(TIMEOUT, verify=trusted)
-        )
-        try:
-            return await stream_text(client)
-        finally:
-            await client.close()
-
-    assert '"recommendations"' in asyncio.run(run())
+    assert '"recommendations"' in stream_from(url, http_client(TIMEOUT, verify=trusted))
 
 
 def test_an_untrusted_certificate_is_refused(tls_sim: tuple[str, ssl.SSLContext]) -> None:
     url, _ = tls_sim
-
-    async def run() -> None:
-        client = openai.AsyncOpenAI(
-            base_url=url, api_key="unused", max_retries=0, http_client=http_client(TIMEOUT)
-        )
-        try:
-            await stream_text(client)
-        finally:
-            await client.close()
-
     with pytest.raises(openai.APIConnectionError):
-        asyncio.run(run())
+        stream_from(url, http_client(TIMEOUT))

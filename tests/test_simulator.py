@@ -23,51 +23,11 @@ from openai.types.chat import ChatCompletionMessageParam
 from openai.types.chat.completion_create_params import ResponseFormat
 from pydantic import BaseModel
 
+from rankstream import example
 from rankstream.simulator import RunningSim, SimConfig, start_in_thread
 
-PROFILE = """\
-Customer ID: 12345
-Recent Purchases: [Laptop, Wireless Headphones, Smart Watch]
-Frequently Browsed Categories: [Electronics, Books, Fitness Equipment]
-Product Ratings: {Laptop: 5 stars, Wireless Headphones: 4 stars}
-Recent Search History: [best budget laptops 2023, latest sci-fi books, yoga mats]
-Preferred Brands: [Apple, AllBirds, Bench]
-Responses to Previous Recommendations: {Philips: Not Interested, Adidas: Not Interested}
-Loyalty Program Status: Gold Member
-Average Monthly Spend: $500
-Preferred Shopping Times: Weekend Evenings"""
-
-PRODUCTS = [
-    {
-        "product_id": "1",
-        "product_name": "Apple MacBook Air (2023) - Latest model, high performance, portable",
-    },
-    {
-        "product_id": "2",
-        "product_name": "Sony WH-1000XM4 Wireless Headphones - Noise-canceling, long battery life",
-    },
-    {
-        "product_id": "3",
-        "product_name": "Apple Watch Series 7 - Advanced fitness tracking, "
-        "seamless integration with Apple ecosystem",
-    },
-    {"product_id": "4", "product_name": "Kindle Oasis - Premium e-reader with adjustable warm light"},
-    {"product_id": "5", "product_name": "AllBirds Wool Runners - Comfortable, eco-friendly sneakers"},
-    {"product_id": "6", "product_name": "Manduka PRO Yoga Mat - High-quality, durable, eco-friendly"},
-    {
-        "product_id": "7",
-        "product_name": "Bench Hooded Jacket - Stylish, durable, suitable for outdoor activities",
-    },
-    {"product_id": "8", "product_name": "GoPro HERO9 Black - 5K video, waterproof, for action photography"},
-    {
-        "product_id": "9",
-        "product_name": "Nespresso Vertuo Next Coffee Machine - Quality coffee, easy to use, compact design",
-    },
-    {
-        "product_id": "10",
-        "product_name": "Project Hail Mary by Andy Weir - Latest sci-fi book from a renowned author",
-    },
-]
+PROFILE = example.PROFILE
+PRODUCTS = [{"product_id": str(i), "product_name": name} for i, name in enumerate(example.PRODUCTS, 1)]
 ALL_IDS = {p["product_id"] for p in PRODUCTS}
 
 RECOMMENDATIONS_SCHEMA = {
