@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 
-from rq import SimpleWorker
+from rq import Queue, SimpleWorker
+from rq.job import Job
 
 from rankstream.queue import SERIALIZER, connect, ranking_queue
 from rankstream.settings import Settings
 
 from .guard import GuardedJob
+from .job import abandon, begin
 from .metrics import serve_metrics
 from .runtime import Runtime
 
@@ -27,6 +29,13 @@ def _log_level() -> str:
 
 class RankingWorker(SimpleWorker):
     job_class = GuardedJob
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        begin(job)  # the LLM request leaves now; RQ's bookkeeping runs meanwhile
+        try:
+            super().execute_job(job, queue)
+        finally:
+            abandon(job.id)
 
 
 def run_worker(settings: Settings, *, burst: bool = False, llm_base_url: str | None = None) -> bool:
