@@ -330,7 +330,7 @@ class Ranking:
         """Wait for the ranks of the items in flight, in the order they were sent."""
         pending, self._pending = self._pending, []
         for item in pending:
-            rank = int((await item.sent.result())[0])  # type: ignore[index, arg-type]
+            rank = await self.publisher.rank(item.sent)
             if rank == DUPLICATE:
                 if item.source == "llm":  # published by an earlier attempt of this job
                     self._reject("duplicate")

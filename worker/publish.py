@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from rankstream import keys, scripts
 from rankstream.models import Done, Failed
 
-from .resp import RespClient, Script, Sent
+from .resp import Reply, RespClient, RespError, Script, Sent
 
 JOB_ENDED = -1
 CANCEL_REQUESTED = -2
@@ -51,22 +51,27 @@ class Publisher:
 
     async def start(self, model: str) -> Start:
         reply = await self._client.evalsha(self._start, [self._ttl, self.job_id, model, repr(time.time())])
-        attempt, published, enqueued = reply  # type: ignore[misc]
-        return Start(int(attempt), int(published), float(enqueued) if enqueued else None)  # type: ignore[arg-type]
+        attempt, published, enqueued = _array(reply, 3)
+        return Start(_int(attempt), _int(published), _float(enqueued))
 
     def send_item(self, product_id: str, fields: dict[str, object]) -> Sent:
-        """Publish one item without waiting: `int((await sent.result())[0])` is its rank,
-        or DUPLICATE, JOB_ENDED or CANCEL_REQUESTED. Items land in the order they are sent."""
+        """Publish one item without waiting (`rank` reads the outcome); items land in the order sent."""
         body = _JSON.encode({"product_id": product_id, **fields})
         return self._client.send(self._publish_item, [product_id, body[1:], self._ttl, repr(time.time())])
+
+    @staticmethod
+    async def rank(sent: Sent) -> int:
+        """A sent item's rank, or DUPLICATE, JOB_ENDED or CANCEL_REQUESTED."""
+        return _int(_array(await sent.result(), 2)[0])
 
     async def cancel_requested(self) -> bool:
         return await self._client.execute("HGET", self._state, "cancel") == b"1"
 
     async def moments(self) -> tuple[float | None, float | None]:
         """When the job first started, and when its first item was published (epoch seconds)."""
-        started, first_item = await self._client.execute("HMGET", self._state, "started_at", "first_item_at")  # type: ignore[misc]
-        return (float(started) if started else None, float(first_item) if first_item else None)  # type: ignore[arg-type]
+        reply = await self._client.execute("HMGET", self._state, "started_at", "first_item_at")
+        started, first_item = _array(reply, 2)
+        return _float(started), _float(first_item)
 
     async def done(self, done: Done) -> bool:
         return await self._finish("done", done.model_dump_json())
@@ -78,3 +83,20 @@ class Publisher:
         """True if this call wrote the job's terminal event (false: it already had one)."""
         entry = await self._client.evalsha(self._finish_job, [event_type, data, self._ttl, repr(time.time())])
         return entry is not None
+
+
+def _array(reply: Reply, length: int) -> list[Reply]:
+    if not isinstance(reply, list) or len(reply) != length:
+        raise RespError(f"expected {length} values from Redis, got {reply!r}")
+    return reply
+
+
+def _int(value: Reply) -> int:
+    if isinstance(value, int | bytes):
+        return int(value)
+    raise RespError(f"expected an integer from Redis, got {value!r}")
+
+
+def _float(value: Reply) -> float | None:
+    """A timestamp field: None when missing or empty."""
+    return float(value) if isinstance(value, int | bytes) and value != b"" else None
