@@ -41,6 +41,9 @@ def cancel(
     )
     if wrote:
         _drop_from_queue(connection, job_id)
+        request_key = connection.hget(keys.state(job_id), "request_key")
+        if request_key:
+            connection.expire(request_key, settings.stream_ttl)
     return wrote
 
 

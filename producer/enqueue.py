@@ -73,6 +73,9 @@ def _enqueue_job(connection: redis.Redis, settings: Settings, job_id: str, ranki
         pipe.multi()  # the state hash and the RQ job land together or not at all
         state = keys.state(job_id)
         pipe.hset(state, mapping={"enqueued_at": repr(time.time()), "status": "queued"})
+        if ranking.request_id is not None:
+            # whoever ends the job keeps the request_id as long as the stream
+            pipe.hset(state, "request_key", keys.request(ranking.request_id))
         pipe.expire(state, settings.stream_ttl)
         queue.enqueue_call(
             JOB_FUNCTION,

@@ -31,7 +31,6 @@ class Settings(BaseSettings):
 
     metrics_port: int = Field(default=9464, ge=0, le=65535)
     metrics_host: str = "0.0.0.0"
-    gateway_token: SecretStr | None = None
 
     sim_ttft: float = Field(default=0.5, ge=0)
     sim_tokens_per_second: float = Field(default=50.0, gt=0)

@@ -119,3 +119,17 @@ class TestWatchCommand:
         )
         assert result.returncode != 0
         assert "no job" in result.stderr
+
+
+class TestRequestIdLifetime:
+    def test_a_request_id_is_remembered_as_long_as_its_stream(
+        self, worker: WorkerProcess, module_settings: Settings, connection: redis.Redis
+    ) -> None:
+        handle = enqueue(example.example_request(request_id="order-7"), settings=module_settings)
+        finished_stream(connection, handle.job_id)
+
+        stream_ttl = connection.pttl(keys.events(handle.job_id))
+        request_ttl = connection.pttl(keys.request("order-7"))
+        assert abs(stream_ttl - request_ttl) < 2000
+        again = enqueue(example.example_request(request_id="order-7"), settings=module_settings)
+        assert again == handle

@@ -23,6 +23,7 @@ from rq import get_current_job
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
+from rankstream import keys
 from rankstream.exceptions import JobFailed
 from rankstream.models import REJECT_REASONS, Done, Failed, RankingRequest, Recommendation, Timings, Usage
 from rankstream.queue import JOB_FUNCTION
@@ -147,7 +148,8 @@ class Ranking:
         self.catalogue = request.catalogue()
         self.model = request.model or self.settings.model
         self.chat = prompt.chat_request(request, self.model)
-        self.publisher = Publisher(runtime.redis, job_id, self.settings.stream_ttl)
+        request_key = keys.request(request.request_id) if request.request_id is not None else None
+        self.publisher = Publisher(runtime.redis, job_id, self.settings.stream_ttl, request_key)
         self.rejected = dict.fromkeys(REJECT_REASONS, 0)
         self.count = 0  # the rank of the last published item (ranks are given in Redis)
         self.attempt = 0

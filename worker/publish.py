@@ -39,9 +39,10 @@ class Start:
 class Publisher:
     """Writes one job's events. One instance per job; the client is shared by all jobs."""
 
-    def __init__(self, client: RespClient, job_id: str, ttl: int) -> None:
+    def __init__(self, client: RespClient, job_id: str, ttl: int, request_key: str | None = None) -> None:
         self._client = client
         self.job_id = job_id
+        self._request_key = request_key
         job_keys = keys.job_keys(job_id)
         self._start = START.bind(job_keys)
         self._publish_item = PUBLISH_ITEM.bind(job_keys)
@@ -82,6 +83,9 @@ class Publisher:
     async def _finish(self, event_type: str, data: str) -> bool:
         """True if this call wrote the job's terminal event (false: it already had one)."""
         entry = await self._client.evalsha(self._finish_job, [event_type, data, self._ttl, repr(time.time())])
+        if entry is not None and self._request_key is not None:
+            # Its own slot on a cluster, so not in the script: the request_id lives as long as the stream.
+            await self._client.execute("EXPIRE", self._request_key, self._ttl)
         return entry is not None
 
 
