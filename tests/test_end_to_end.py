@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import redis
 from conftest import Simulator, WorkerProcess
 
 from producer import enqueue, events
@@ -74,3 +75,15 @@ class TestStreaming:
         assert first_item_seen is not None
         assert llm["completed"]
         assert first_item_seen < llm["finished_at"] - 1.0, "the first item waited for the whole answer"
+
+
+class TestKeys:
+    def test_every_key_of_a_job_carries_its_id_as_a_hash_tag(
+        self, worker: WorkerProcess, module_settings: Settings, connection: redis.Redis
+    ) -> None:
+        handle = enqueue(example.example_request(request_id="tagged-1"), settings=module_settings)
+        list(events(handle, settings=module_settings, timeout=30))
+
+        ours = [k.decode() for k in connection.scan_iter(f"rankstream:*{handle.job_id}*")]
+        assert len(ours) == 3  # events, state, published
+        assert all(f"{{{handle.job_id}}}" in key for key in ours)

@@ -133,3 +133,10 @@ class TestEnqueueCommand:
         assert result.returncode != 0
         assert "products" in result.stderr
         assert ranking_queue(connection, settings).count == 0
+
+
+def test_the_cli_lists_its_subcommands(settings: Settings) -> None:
+    result = run_cli(["--help"], "", settings)
+    assert result.returncode == 0
+    for command in ("demo", "worker", "enqueue", "watch", "llm-sim"):
+        assert command in result.stdout
