@@ -2,8 +2,8 @@
 
 Jobs spend seconds waiting on the LLM and milliseconds computing, so their I/O runs as
 coroutines on one event loop in a background thread, with one HTTP connection pool and one
-Redis pool for all of them. RQ calls the job function in its own thread; the function hands
-its coroutine to this loop and waits.
+pipelined Redis connection (worker/resp.py) for all of them. RQ's thread hands each job's
+coroutine to this loop (at dequeue, see worker.job.begin) and waits for it.
 """
 
 from __future__ import annotations
