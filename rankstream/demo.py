@@ -16,6 +16,7 @@ import time
 from contextlib import ExitStack
 from typing import Any
 
+import openai
 from rq import Worker
 
 from . import example
@@ -49,7 +50,14 @@ def run_demo(settings: Settings) -> int:
         print(f"rankstream demo · Redis: {redis_note} · LLM: {llm_note} · worker pid {worker.pid}")
         _wait_for_worker(settings, worker)
         streamed = _streamed(settings)
-        unstreamed = _unstreamed(settings)
+        if streamed["first_item"] is None:
+            print("no recommendation arrived, so there is nothing to compare (see the error above)")
+            return 1
+        try:
+            unstreamed = _unstreamed(settings)
+        except openai.APIError as exc:
+            print(f"the unstreamed request failed: {exc}")
+            return 1
         _compare(streamed, unstreamed)
     return 0
 
