@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import redis
-from conftest import Simulator, WorkerProcess
+from conftest import Simulator, WorkerProcess, wait_for
 
 from producer import enqueue, events
 from rankstream import example
@@ -47,19 +47,25 @@ class TestTheExample:
         )
         assert done["usage"]["completion_tokens"] > 0
 
-    def test_top_k_stops_after_k_items_and_stops_the_llm(
-        self, worker: WorkerProcess, module_settings: Settings, sim: Simulator
-    ) -> None:
-        stream = run_example(module_settings, top_k=3)
+    def test_top_k_stops_after_k_items_and_stops_the_llm(self, settings: Settings) -> None:
+        slow = Simulator(ttft=0.05, tokens_per_second=40)  # slow enough that the stop beats the answer's end
+        worker = WorkerProcess(settings, slow)
+        try:
+            stream = run_example(settings, top_k=3)
+            llm = wait_for(
+                lambda: [r for r in slow.requests() if r["finished_at"]], 10, "the LLM call to end"
+            )[-1]
+        finally:
+            worker.stop()
+            slow.stop()
 
         assert [e.type for e in stream] == ["started", "item", "item", "item", "done"]
-        last = sim.requests()[-1]
-        assert last["client_closed"] and last["tokens_sent"] < last["tokens_planned"]
+        assert llm["client_closed"] and llm["tokens_sent"] < llm["tokens_planned"]
 
 
 class TestStreaming:
     def test_first_item_reaches_a_watcher_while_the_llm_is_still_sending(self, settings: Settings) -> None:
-        slow = Simulator(ttft=0.1, tokens_per_second=40)  # about two seconds of tokens
+        slow = Simulator(ttft=0.1, tokens_per_second=20)  # about three seconds of tokens
         worker = WorkerProcess(settings, slow)
         try:
             handle = enqueue(example.example_request(), settings=settings)
