@@ -7,15 +7,20 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import redis
+from rq import Worker
 
 from rankstream.processes import stop
+from rankstream.queue import ranking_queue
 from rankstream.redis_server import RedisServer, free_port
+from rankstream.settings import Settings
 
 
 @dataclass
@@ -86,6 +91,23 @@ def simulator(ttft: float = 0.0, tokens_per_second: float = 1e9) -> Iterator[str
 
         wait_for(up, 20, "the simulator")
         yield f"{url}/v1"
+
+
+@contextmanager
+def worker_on_own_queue(redis_url: str, llm_url: str, args: list[str], **env: str) -> Iterator[Settings]:
+    """A worker process (`args`) on a fresh queue, registered with RQ; yields the queue's settings."""
+    settings = Settings.model_validate({"redis_url": redis_url, "queue": f"bench-{uuid.uuid4().hex[:8]}"})
+    env = {"REDIS_URL": redis_url, "OPENAI_BASE_URL": llm_url, "RANKSTREAM_QUEUE": settings.queue, **env}
+    with child(args, env) as process:
+        queue = ranking_queue(redis.Redis.from_url(redis_url), settings)
+
+        def registered() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"the worker exited with status {process.returncode}")
+            return Worker.count(queue=queue) > 0
+
+        wait_for(registered, 30, "the worker")
+        yield settings
 
 
 def catalogue_request(n: int) -> dict[str, Any]:

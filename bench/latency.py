@@ -17,14 +17,11 @@ import time
 import uuid
 
 import redis
-from rq import Worker
 
 from producer import enqueue
-from rankstream.queue import ranking_queue
 from rankstream.redis_server import free_port
-from rankstream.settings import Settings
 
-from .common import Row, catalogue_request, child, percentile, wait_for
+from .common import Row, catalogue_request, percentile, worker_on_own_queue
 
 ITEMS = 50
 GAP = 0.02
@@ -110,18 +107,12 @@ def _collect(process: subprocess.Popen[str], key: str) -> list[list[object]]:
 
 def worker_latencies(redis_url: str, jobs: int) -> list[float]:
     emitter = Emitter()
-    settings = Settings.model_validate({"redis_url": redis_url, "queue": f"bench-{uuid.uuid4().hex[:8]}"})
     connection = redis.Redis.from_url(redis_url)
-    env = {
-        "REDIS_URL": redis_url,
-        "OPENAI_BASE_URL": f"http://127.0.0.1:{emitter.port}/v1",
-        "RANKSTREAM_QUEUE": settings.queue,
-        "RANKSTREAM_FALLBACK": "false",
-    }
     latencies: list[float] = []
     request = catalogue_request(ITEMS)
-    with child(["-m", "rankstream", "worker", "--metrics-port", "0"], env):
-        wait_for(lambda: Worker.count(queue=ranking_queue(connection, settings)), 30, "the worker")
+    llm_url = f"http://127.0.0.1:{emitter.port}/v1"
+    args = ["-m", "rankstream", "worker", "--metrics-port", "0"]
+    with worker_on_own_queue(redis_url, llm_url, args, RANKSTREAM_FALLBACK="false") as settings:
         for _ in range(jobs):
             subscriber = _subscriber(redis_url, ITEMS + 2)
             emitter.sent.clear()

@@ -7,18 +7,14 @@ figure is pickup latency, not queueing.
 
 from __future__ import annotations
 
-import uuid
-
 import redis
-from rq import Worker
 from rq.job import Job, JobStatus
 
 from producer import enqueue, events
 from rankstream import keys
-from rankstream.queue import SERIALIZER, ranking_queue
-from rankstream.settings import Settings
+from rankstream.queue import SERIALIZER
 
-from .common import Row, catalogue_request, child, percentile, wait_for
+from .common import Row, catalogue_request, percentile, wait_for, worker_on_own_queue
 
 WORKERS = {
     "SimpleWorker (rankstream worker)": ["-m", "rankstream", "worker", "--metrics-port", "0"],
@@ -45,13 +41,9 @@ def measure(redis_url: str, llm_url: str, jobs: int) -> list[Row]:
 
 
 def _pickups(redis_url: str, llm_url: str, args: list[str], jobs: int) -> list[float]:
-    settings = Settings.model_validate({"redis_url": redis_url, "queue": f"bench-{uuid.uuid4().hex[:8]}"})
     connection = redis.Redis.from_url(redis_url)
-    env = {"REDIS_URL": redis_url, "OPENAI_BASE_URL": llm_url, "RANKSTREAM_QUEUE": settings.queue}
     request = catalogue_request(10)
-    with child(args, env):
-        queue = ranking_queue(connection, settings)
-        wait_for(lambda: Worker.count(queue=queue), 30, "the worker")
+    with worker_on_own_queue(redis_url, llm_url, args) as settings:
         samples = []
         for n in range(jobs + 3):
             handle = enqueue(request, settings=settings, connection=connection)

@@ -18,7 +18,7 @@ SERIALIZER = JSONSerializer
 
 def connect(settings: Settings) -> redis.Redis:
     """A client for REDIS_URL (default: the local Redis on 6379)."""
-    return redis.Redis.from_url(settings.redis_url or "redis://127.0.0.1:6379/0")
+    return redis.Redis.from_url(settings.redis_address)
 
 
 def ranking_queue(connection: redis.Redis, settings: Settings) -> Queue:

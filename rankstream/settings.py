@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     sim_tokens_per_second: float = Field(default=50.0, gt=0)
 
     @property
+    def redis_address(self) -> str:
+        """REDIS_URL, else the local Redis on its usual port."""
+        return self.redis_url or "redis://127.0.0.1:6379/0"
+
+    @property
     def uses_simulator(self) -> bool:
         """No key and no base URL: the embedded LLM simulator answers."""
         return self.openai_api_key is None and self.openai_base_url is None

@@ -309,9 +309,7 @@ class Ranking:
             self._reject("duplicate")
             return
         self._seen.add(product_id)
-        if self.first_token_at is None and state.first_token_at is not None:
-            self.first_token_at = state.first_token_at
-            metrics.llm_time_to_first_token.observe(state.first_token_at - state.requested_at)
+        self._note_first_token(state)
         self._send(product_id, name, "llm", result.value.model_dump(exclude={"product_id"}), state)
 
     def _send(
@@ -371,10 +369,13 @@ class Ranking:
         self.rejected[reason] += 1
         metrics.items_rejected.labels(reason).inc()
 
-    def _note_stream_end(self, state: StreamState) -> None:
-        if state.first_token_at is not None and self.first_token_at is None:
+    def _note_first_token(self, state: StreamState) -> None:
+        if self.first_token_at is None and state.first_token_at is not None:
             self.first_token_at = state.first_token_at
             metrics.llm_time_to_first_token.observe(state.first_token_at - state.requested_at)
+
+    def _note_stream_end(self, state: StreamState) -> None:
+        self._note_first_token(state)
         usage = state.usage or Usage(completion_tokens=state.chunks, total_tokens=state.chunks)
         metrics.llm_tokens.labels("prompt").inc(usage.prompt_tokens)
         metrics.llm_tokens.labels("completion").inc(usage.completion_tokens)

@@ -44,7 +44,7 @@ class Runtime:
         self._thread.start()
         self.llm: openai.AsyncOpenAI = make_client(settings, self.llm_base_url)
         self.started: dict[str, Any] = {}  # job id -> worker.job.Running, begun at dequeue
-        self.redis = RespClient(settings.redis_url or "redis://127.0.0.1:6379/0", SCRIPTS)
+        self.redis = RespClient(settings.redis_address, SCRIPTS)
 
     @classmethod
     def current(cls) -> Runtime:
