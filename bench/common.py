@@ -17,9 +17,9 @@ import httpx
 import redis
 from rq import Worker
 
-from rankstream.processes import stop
+from rankstream.dev.processes import stop
+from rankstream.dev.redis_server import RedisServer, free_port
 from rankstream.queue import ranking_queue
-from rankstream.redis_server import RedisServer, free_port
 from rankstream.settings import Settings
 
 
@@ -112,7 +112,7 @@ def worker_on_own_queue(redis_url: str, llm_url: str, args: list[str], **env: st
 
 def catalogue_request(n: int) -> dict[str, Any]:
     """A ranking request with n candidates (the example's ten, then numbered ones)."""
-    from rankstream import example
+    from rankstream.dev import example
 
     names = [*example.PRODUCTS, *(f"Generic product {i} - plain and unremarkable" for i in range(11, n + 1))]
     return {

@@ -19,7 +19,7 @@ import uuid
 import redis
 
 from producer import enqueue
-from rankstream.redis_server import free_port
+from rankstream.dev.redis_server import free_port
 
 from .common import Row, catalogue_request, percentile, worker_on_own_queue
 

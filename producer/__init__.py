@@ -1,7 +1,10 @@
-"""What upstream services use: enqueue a ranking, read its events, cancel it."""
+"""What upstream services use: enqueue a ranking, read its events, see its status, cancel it.
 
-from .cancel import cancel
-from .enqueue import enqueue, validate
-from .events import events
+`from producer import enqueue, events, cancel, status` are synchronous; `producer.aio` has the
+same calls for asyncio.
+"""
 
-__all__ = ["cancel", "enqueue", "events", "validate"]
+from .client import cancel, enqueue, events, status
+from .core import validate
+
+__all__ = ["cancel", "enqueue", "events", "status", "validate"]

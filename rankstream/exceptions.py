@@ -53,3 +53,25 @@ class JobFailed(RankstreamError):
 
 class RedisUnavailable(RankstreamError):
     """No Redis could be found or started."""
+
+
+class LLMNotConfigured(RankstreamError):
+    """A worker was started with no LLM to talk to: it refuses rather than answer with a simulator."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "no LLM configured: set OPENAI_API_KEY for the OpenAI API, or OPENAI_BASE_URL for any "
+            "OpenAI-compatible server (it ends in /v1, e.g. http://127.0.0.1:8001/v1); to try rankstream "
+            "without one, run `rankstream llm-sim` and point OPENAI_BASE_URL at it, or run `rankstream demo`"
+        )
+
+
+class RequestConflict(RankstreamError, ValueError):
+    """The request_id is taken by a request with another body; nothing was enqueued."""
+
+    def __init__(self, request_id: str, job_id: str) -> None:
+        self.request_id = request_id
+        self.job_id = job_id
+        super().__init__(
+            f"request_id {request_id!r} was already used for job {job_id} with a different request body"
+        )

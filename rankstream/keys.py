@@ -42,7 +42,7 @@ def state(job_id: str) -> str:
 
 
 def published(job_id: str) -> str:
-    """Set of product_ids already on the stream: at most once per job, across retries."""
+    """Hash product_id -> "attempt:rank" of what is on the stream: at most once per job, across retries."""
     return f"{PREFIX}:{{{job_id}}}:published"
 
 

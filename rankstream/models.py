@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
+from .codes import ErrorCode, EventType, RejectReason, Source
+
 MAX_PROFILE_BYTES = 16 * 1024
 MAX_PRODUCTS = 200
 MAX_ID_LENGTH = 128
@@ -90,18 +92,6 @@ class Handle(BaseModel):
 
 # --- events on a job's stream -------------------------------------------------------------
 
-EventType = Literal["started", "item", "done", "error"]
-TERMINAL_TYPES: frozenset[str] = frozenset({"done", "error"})
-REJECT_REASONS: tuple[str, ...] = ("invalid", "truncated", "unknown_id", "duplicate")
-ERROR_CODES: tuple[str, ...] = (
-    "llm_unavailable",
-    "no_items",
-    "timeout",
-    "cancelled",
-    "worker_lost",
-    "internal",
-)
-
 
 class Started(BaseModel):
     job_id: str
@@ -115,7 +105,7 @@ class ItemPublished(BaseModel):
     rank: int
     product_id: str
     product_name: str
-    source: Literal["llm", "fallback"]
+    source: Source
 
 
 class Timings(BaseModel):
@@ -135,13 +125,13 @@ class Usage(BaseModel):
 
 class Done(BaseModel):
     count: int
-    rejected: dict[str, int]
+    rejected: dict[RejectReason, int]
     timings: Timings
     usage: Usage | None = None
 
 
 class Failed(BaseModel):
-    code: str
+    code: ErrorCode
     message: str
     retryable: bool
     attempt: int
@@ -156,4 +146,14 @@ class Event(BaseModel):
 
     @property
     def terminal(self) -> bool:
-        return self.type in TERMINAL_TYPES
+        return self.type.terminal
+
+
+class JobStatus(BaseModel):
+    """A job at a glance: where it is, the items so far, and its timings once done."""
+
+    job_id: str
+    status: Literal["queued", "running", "done", "error"]
+    items: list[dict[str, Any]]
+    timings: Timings | None = None
+    error: Failed | None = None

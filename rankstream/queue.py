@@ -10,15 +10,17 @@ import redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+from .connections import client_options
 from .settings import Settings
 
 JOB_FUNCTION = "worker.job.rank"
 SERIALIZER = JSONSerializer
 
 
-def connect(settings: Settings) -> redis.Redis:
-    """A client for REDIS_URL (default: the local Redis on 6379)."""
-    return redis.Redis.from_url(settings.redis_address)
+def rq_connection(settings: Settings) -> redis.Redis:
+    """A client of its own for RQ: RQ's worker adjusts its pool's socket timeout to its own needs."""
+    url = settings.redis_address
+    return redis.Redis.from_url(url, **client_options(url, settings.redis_timeout))
 
 
 def ranking_queue(connection: redis.Redis, settings: Settings) -> Queue:

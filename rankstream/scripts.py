@@ -1,59 +1,71 @@
-"""The atomic steps on one job's keys, as Lua scripts.
+"""The atomic steps on one job's keys, as Lua scripts: the one place that defines them.
 
 Each script touches only keys that share the job's hash tag, so they also run on Redis
 Cluster. They are the reason every stream ends with exactly one terminal event and a
-product_id appears at most once per job, whichever processes race.
+product_id appears at most once per job, whichever processes race. Each is also safe to run
+twice with the same arguments (a client that retries after a lost reply): the second run
+answers as the first did and writes nothing.
 
 KEYS for every script: [state, events, published] (see rankstream.keys.job_keys).
+Replies use these markers, read by the worker's publisher (worker/publish.py):
 """
 
 from __future__ import annotations
 
-import redis
+ENDED = "ended"  # the job already has its terminal event
+CANCEL = "cancel"  # cancel was asked; nothing more is published
+DUPLICATE = "duplicate"  # an earlier attempt published this product_id
 
-# ARGV: ttl, job_id, model, now.  Returns {attempt, already_published, enqueued_at}; attempt is
-# -1 if the job has ended (cancelled while queued, or finished elsewhere), -2 if cancel was asked.
-START = """
-if redis.call('HEXISTS', KEYS[1], 'terminal') == 1 then return {-1, 0, ''} end
-if redis.call('HGET', KEYS[1], 'cancel') == '1' then return {-2, 0, ''} end
-local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
-redis.call('HSET', KEYS[1], 'status', 'running')
-redis.call('HSETNX', KEYS[1], 'started_at', ARGV[4])
-local data = '{"job_id":' .. cjson.encode(ARGV[2]) .. ',"attempt":' .. attempt ..
-             ',"model":' .. cjson.encode(ARGV[3]) .. '}'
-redis.call('XADD', KEYS[2], '*', 'type', 'started', 'data', data)
-for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[1]) end
-return {attempt, redis.call('SCARD', KEYS[3]), redis.call('HGET', KEYS[1], 'enqueued_at') or ''}
+# ARGV: ttl, job_id, model, now, token (unique per call site and attempt).
+# Returns {attempt, already_published, enqueued_at}, or {ENDED} / {CANCEL}.
+START = f"""
+if redis.call('HEXISTS', KEYS[1], 'terminal') == 1 then return {{'{ENDED}'}} end
+if redis.call('HGET', KEYS[1], 'cancel') == '1' then return {{'{CANCEL}'}} end
+local attempt
+if redis.call('HGET', KEYS[1], 'start_token') == ARGV[5] then
+  attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt'))
+else
+  attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
+  redis.call('HSET', KEYS[1], 'status', 'running', 'start_token', ARGV[5])
+  redis.call('HSETNX', KEYS[1], 'started_at', ARGV[4])
+  local data = '{{"job_id":' .. cjson.encode(ARGV[2]) .. ',"attempt":' .. attempt ..
+               ',"model":' .. cjson.encode(ARGV[3]) .. '}}'
+  redis.call('XADD', KEYS[2], '*', 'type', 'started', 'data', data)
+  for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[1]) end
+end
+return {{attempt, redis.call('HLEN', KEYS[3]), redis.call('HGET', KEYS[1], 'enqueued_at') or ''}}
 """
 
-# ARGV: product_id, the item's JSON object without its opening brace, ttl, now.
-# Returns {rank, entry_id}; {0, ''} for a duplicate; {-1, ''} if the job has ended;
-# {-2, ''} if cancel was asked (the item is not published).
-PUBLISH_ITEM = """
-if redis.call('HEXISTS', KEYS[1], 'terminal') == 1 then return {-1, ''} end
-if redis.call('HGET', KEYS[1], 'cancel') == '1' then return {-2, ''} end
-if redis.call('SADD', KEYS[3], ARGV[1]) == 0 then return {0, ''} end
-local rank = redis.call('SCARD', KEYS[3])
+# ARGV: product_id, the item's JSON object without its opening brace, ttl, now, attempt.
+# KEYS[3] maps product_id -> "attempt:rank". Returns {rank}, or {DUPLICATE} / {ENDED} / {CANCEL};
+# a product this same attempt already published answers with its rank again (a retried call).
+PUBLISH_ITEM = f"""
+if redis.call('HEXISTS', KEYS[1], 'terminal') == 1 then return {{'{ENDED}'}} end
+if redis.call('HGET', KEYS[1], 'cancel') == '1' then return {{'{CANCEL}'}} end
+local before = redis.call('HGET', KEYS[3], ARGV[1])
+if before then
+  local attempt, rank = string.match(before, '^(%d+):(%d+)$')
+  if attempt == ARGV[5] then return {{tonumber(rank)}} end
+  return {{'{DUPLICATE}'}}
+end
+local rank = redis.call('HLEN', KEYS[3]) + 1
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[5] .. ':' .. rank)
 if rank == 1 then redis.call('HSET', KEYS[1], 'first_item_at', ARGV[4]) end
-local id = redis.call('XADD', KEYS[2], '*', 'type', 'item', 'data', '{"rank":' .. rank .. ',' .. ARGV[2])
+redis.call('XADD', KEYS[2], '*', 'type', 'item', 'data', '{{"rank":' .. rank .. ',' .. ARGV[2])
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
-return {rank, id}
+return {{rank}}
 """
 
-# ARGV: type ('done' | 'error'), data JSON, ttl, now.
-# Returns the entry id, or false if the job already had its terminal event.
+# ARGV: type ('done' | 'error'), data JSON, ttl, now, token (unique per writer).
+# Returns the entry id, or false if the job already had its terminal event from another writer.
 FINISH = """
-if redis.call('HSETNX', KEYS[1], 'terminal', ARGV[1]) == 0 then return false end
+if redis.call('HSETNX', KEYS[1], 'terminal', ARGV[5]) == 0 then
+  if redis.call('HGET', KEYS[1], 'terminal') == ARGV[5] then return redis.call('HGET', KEYS[1], 'terminal_id') end
+  return false
+end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[4])
 local id = redis.call('XADD', KEYS[2], '*', 'type', ARGV[1], 'data', ARGV[2])
+redis.call('HSET', KEYS[1], 'terminal_id', id)
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
 return id
 """
-
-
-def finish_sync(
-    client: redis.Redis, keys: list[str], event_type: str, data: str, ttl: int, now: float
-) -> bool:
-    """Write the terminal event unless there is one already; True if this call wrote it."""
-    entry_id = client.register_script(FINISH)(keys=keys, args=[event_type, data, ttl, now])
-    return bool(entry_id)

@@ -1,4 +1,4 @@
-"""All configuration, read once from the environment (prefix RANKSTREAM_).
+"""All configuration, read once per process from the environment (prefix RANKSTREAM_).
 
 REDIS_URL, OPENAI_API_KEY and OPENAI_BASE_URL keep the names every other tool uses.
 """
@@ -6,17 +6,27 @@ REDIS_URL, OPENAI_API_KEY and OPENAI_BASE_URL keep the names every other tool us
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .connections import check_redis_url
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RANKSTREAM_", extra="ignore")
 
-    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL"))
-    openai_api_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("OPENAI_API_KEY"))
-    openai_base_url: str | None = Field(default=None, validation_alias=AliasChoices("OPENAI_BASE_URL"))
+    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "redis_url"))
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key")
+    )
+    openai_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "openai_base_url")
+    )
 
     model: str = "gpt-4o-mini"
     queue: str = "rankstream"
@@ -28,24 +38,39 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=30.0, gt=0, le=60)
     concurrency: int = Field(default=1, ge=1, le=1)
     fallback: bool = True
+    redis_timeout: float = Field(default=5.0, gt=0)
 
     metrics_port: int = Field(default=9464, ge=0, le=65535)
     metrics_host: str = "0.0.0.0"
+    log_level: LogLevel = "INFO"
 
     sim_ttft: float = Field(default=0.5, ge=0)
     sim_tokens_per_second: float = Field(default=50.0, gt=0)
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_form(cls, url: str | None) -> str | None:
+        if url is not None:
+            check_redis_url(url)
+        return url
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, level: object) -> object:
+        return level.upper() if isinstance(level, str) else level
+
     @property
     def redis_address(self) -> str:
         """REDIS_URL, else the local Redis on its usual port."""
-        return self.redis_url or "redis://127.0.0.1:6379/0"
+        return self.redis_url or DEFAULT_REDIS_URL
 
     @property
-    def uses_simulator(self) -> bool:
-        """No key and no base URL: the embedded LLM simulator answers."""
-        return self.openai_api_key is None and self.openai_base_url is None
+    def llm_configured(self) -> bool:
+        """An LLM was named: a key (the OpenAI API) or a base URL (any compatible server)."""
+        return self.openai_api_key is not None or self.openai_base_url is not None
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
+    """The environment's settings, read on first use and then shared by every call."""
     return Settings()

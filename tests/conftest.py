@@ -7,33 +7,19 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 import redis
-from rq import Worker
 
-from rankstream.processes import stop
-from rankstream.queue import ranking_queue
-from rankstream.redis_server import RedisServer, free_port
+from rankstream.dev.processes import rankstream, stop, wait_for, wait_for_worker
+from rankstream.dev.redis_server import RedisServer, free_port
 from rankstream.settings import Settings
 
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll until predicate() is truthy; its value, or AssertionError at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
+__all__ = ["wait_for"]  # tests import it from here, beside the fixtures
 
 
 @pytest.fixture(scope="session")
@@ -69,12 +55,7 @@ class Process:
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
         self.args = args
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "rankstream", *args],
-            env={**os.environ, **env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
+        self.process = rankstream(args, {**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -133,14 +114,10 @@ class WorkerProcess(Process):
                 **env,
             },
         )
-        connection = redis.Redis.from_url(settings.redis_url or "")
-        queue = ranking_queue(connection, settings)
-        wait_for(lambda: self._up(queue), 30, "the worker to register")
-
-    def _up(self, queue: Any) -> bool:
-        if not self.alive():
-            raise AssertionError(f"worker exited: {self.stop()}")
-        return Worker.count(queue=queue) > 0
+        try:
+            wait_for_worker(settings, self.process)
+        except RuntimeError:
+            raise AssertionError(f"worker exited: {self.stop()}") from None
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +141,7 @@ def worker(module_settings: Settings, sim: Simulator) -> Iterator[WorkerProcess]
 
 def finished_stream(connection: redis.Redis, job_id: str) -> list[dict[str, Any]]:
     """The whole stream of a job once it has its terminal event; asserts there is exactly one."""
-    from producer.events import parse_entry
+    from producer.core import parse_entry
     from rankstream import keys
 
     def read() -> list[Any] | None:

@@ -8,7 +8,7 @@ import redis
 from conftest import Simulator, WorkerProcess, wait_for
 
 from producer import enqueue, events
-from rankstream import example
+from rankstream.dev import example
 from rankstream.models import Event
 from rankstream.settings import Settings
 

@@ -14,7 +14,7 @@ import redis
 from conftest import Simulator, WorkerProcess, finished_stream, make_settings
 
 from producer import enqueue
-from rankstream import example
+from rankstream.dev import example
 from rankstream.settings import Settings
 
 

@@ -12,7 +12,8 @@ import redis
 from conftest import Simulator, WorkerProcess, finished_stream, make_settings, wait_for
 
 from producer import cancel, enqueue, events
-from rankstream import example, keys
+from rankstream import keys
+from rankstream.dev import example
 from rankstream.exceptions import JobGone, JobNotFound
 from rankstream.queue import ranking_queue
 from rankstream.settings import Settings

@@ -13,7 +13,7 @@ from conftest import Simulator
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rankstream import example
+from rankstream.dev import example
 from rankstream.settings import Settings
 from worker import prompt
 from worker.llm import LLMStreamError, SSEDecoder, StreamState, make_client, payload_text, stream_deltas

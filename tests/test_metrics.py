@@ -8,7 +8,7 @@ from conftest import WorkerProcess, finished_stream, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from producer import enqueue
-from rankstream import example
+from rankstream.dev import example
 from rankstream.settings import Settings
 
 HISTOGRAMS = [

@@ -9,7 +9,8 @@ from conftest import WorkerProcess, finished_stream, wait_for
 from rq.job import Job, JobStatus
 
 from producer import enqueue
-from rankstream import example, keys
+from rankstream import keys
+from rankstream.dev import example
 from rankstream.queue import JOB_FUNCTION, SERIALIZER, ranking_queue
 from rankstream.settings import Settings
 

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from producer import enqueue
-from rankstream import example
+from rankstream.dev import example
 from rankstream.exceptions import InvalidRequest
 from rankstream.queue import ranking_queue
 from rankstream.settings import Settings

@@ -14,12 +14,11 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 from rq import Worker
 
-from rankstream.models import ERROR_CODES, REJECT_REASONS
+from rankstream.codes import ErrorCode, RejectReason, RetryCause
 from rankstream.queue import ranking_queue
 from rankstream.settings import Settings
 
-OUTCOMES = ("done", *ERROR_CODES)
-RETRY_CAUSES = ("rate_limit", "server_error", "timeout", "connection", "no_items")
+OUTCOMES = ("done", *ErrorCode)
 TOKEN_KINDS = ("prompt", "completion")
 
 # What a user feels: seconds, from well under one to tens.
@@ -62,9 +61,9 @@ jobs_in_progress = Gauge("rankstream_jobs_in_progress", "Jobs this worker is run
 
 for _outcome in OUTCOMES:
     jobs.labels(_outcome)
-for _reason in REJECT_REASONS:
+for _reason in RejectReason:
     items_rejected.labels(_reason)
-for _cause in RETRY_CAUSES:
+for _cause in RetryCause:
     llm_retries.labels(_cause)
 for _kind in TOKEN_KINDS:
     llm_tokens.labels(_kind)

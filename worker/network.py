@@ -4,8 +4,9 @@ The `openai` client talks HTTP through httpx2 and httpcore2, whose default netwo
 anyio. Measured on the target machine (docs/PERFORMANCE.md), reading a paced SSE stream's
 bytes through that stack costs about 178 µs of CPU per chunk, against 66 µs for a bare
 asyncio socket; about 40 µs of it is anyio's. httpcore2 lets a network backend be swapped in:
-this one keeps HTTP/1.1, pooling, keep-alive, TLS and timeouts where they are (httpcore2, the
-ssl module) and only replaces the socket reads and writes with an asyncio Protocol.
+this one keeps HTTP/1.1, pooling, keep-alive, TLS, proxies and timeouts where they are
+(httpcore2, the ssl module) and only replaces the socket reads and writes with an asyncio
+Protocol. worker/transport.py hands it to httpcore2 through public constructors.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 
 import httpcore2
 import httpx2
+
+from .transport import BackendTransport, environment_proxies
 
 SocketOption = tuple[int, int, int] | tuple[int, int, bytes | bytearray] | tuple[int, int, None, int]
 
@@ -203,9 +206,20 @@ LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
 
 
 def http_client(timeout: httpx2.Timeout, verify: ssl.SSLContext | bool = True) -> httpx2.AsyncClient:
-    """An httpx2 client like the openai SDK's default one, on the asyncio network backend."""
-    transport = httpx2.AsyncHTTPTransport(limits=LIMITS, verify=verify)
-    # httpcore2 takes a network backend, but httpx2's transport does not pass one through.
-    pool: httpcore2.AsyncConnectionPool = transport._pool
-    pool._network_backend = AsyncioBackend()
-    return httpx2.AsyncClient(transport=transport, timeout=timeout, follow_redirects=True)
+    """An httpx2 client like the openai SDK's default one, on the asyncio network backend.
+
+    Like that client, it reads HTTP(S)_PROXY, ALL_PROXY and NO_PROXY when it is made, and
+    mounts a transport per proxy: a client given `transport=` would otherwise ignore them.
+    """
+    backend = AsyncioBackend()
+
+    def transport(proxy: str | None = None) -> BackendTransport:
+        return BackendTransport(
+            backend, verify=verify, limits=LIMITS, proxy=None if proxy is None else httpx2.Proxy(proxy)
+        )
+
+    # None: the pattern is a NO_PROXY entry, and goes to `transport=` (direct).
+    mounts = {
+        pattern: None if url is None else transport(url) for pattern, url in environment_proxies().items()
+    }
+    return httpx2.AsyncClient(transport=transport(), mounts=mounts, timeout=timeout, follow_redirects=True)

@@ -2,105 +2,145 @@
 
 `started` once per attempt, each `item` the moment it is checked (rank assigned in Redis, so a
 product_id appears at most once per job even across retries), and exactly one terminal event.
-It speaks through the worker's RespClient: this is the hot path between an element closing
-and a subscriber holding it.
+The answers are typed: an attempt's number or why it must not run, an item's rank or why it
+was not published. It speaks through the worker's shared redis.asyncio client (hiredis
+parser); several items closed in one chunk go out in one non-transactional pipeline.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import redis.asyncio
 
 from rankstream import keys, scripts
+from rankstream.codes import EventType
 from rankstream.models import Done, Failed
-
-from .resp import Reply, RespClient, RespError, Script, Sent
-
-JOB_ENDED = -1
-CANCEL_REQUESTED = -2
-DUPLICATE = 0
 
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # built once, not per item
 
-START = Script(scripts.START)
-PUBLISH_ITEM = Script(scripts.PUBLISH_ITEM)
-FINISH = Script(scripts.FINISH)
-SCRIPTS = (START, PUBLISH_ITEM, FINISH)
+
+class Refused(StrEnum):
+    """Why the publisher did not write: the job is over, cancelled, or already has the product."""
+
+    JOB_ENDED = scripts.ENDED
+    CANCEL_REQUESTED = scripts.CANCEL
+    DUPLICATE = scripts.DUPLICATE
 
 
 @dataclass(frozen=True, slots=True)
-class Start:
-    attempt: int  # JOB_ENDED or CANCEL_REQUESTED when the job must not run
-    already_published: int
+class Attempt:
+    """START's answer when the attempt may run."""
+
+    number: int  # 1-based, counted in Redis across workers
+    already_published: int  # items earlier attempts put on the stream
     enqueued_at: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class Published:
+    rank: int
+
+
+class RedisScripts:
+    """The job scripts, registered once per client: every job of a process shares them."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self.client = client
+        self.start = client.register_script(scripts.START)
+        self.publish_item = client.register_script(scripts.PUBLISH_ITEM)
+        self.finish = client.register_script(scripts.FINISH)
+
+
 class Publisher:
-    """Writes one job's events. One instance per job; the client is shared by all jobs."""
+    """Writes one job's events. One instance per job; the client and scripts are shared."""
 
-    def __init__(self, client: RespClient, job_id: str, ttl: int, request_key: str | None = None) -> None:
-        self._client = client
+    def __init__(self, redis_scripts: RedisScripts, job_id: str, ttl: int, request_key: str | None = None):
+        self._scripts = redis_scripts
+        self._client = redis_scripts.client
         self.job_id = job_id
-        self._request_key = request_key
-        job_keys = keys.job_keys(job_id)
-        self._start = START.bind(job_keys)
-        self._publish_item = PUBLISH_ITEM.bind(job_keys)
-        self._finish_job = FINISH.bind(job_keys)
+        self._keys = keys.job_keys(job_id)
         self._state = keys.state(job_id)
+        self._request_key = request_key
         self._ttl = ttl
+        self._token = secrets.token_hex(8)  # tells this job run's own retried calls from others
+        self._calls = 0  # START calls so far: each gets a token of its own
+        self._number = 0  # the attempt START gave, stamped on every item it publishes
 
-    async def start(self, model: str) -> Start:
-        reply = await self._client.evalsha(self._start, [self._ttl, self.job_id, model, repr(time.time())])
-        attempt, published, enqueued = _array(reply, 3)
-        return Start(_int(attempt), _int(published), _float(enqueued))
+    async def start(self, model: str) -> Attempt | Refused:
+        self._calls += 1
+        args: list[str | int] = [
+            self._ttl,
+            self.job_id,
+            model,
+            repr(time.time()),
+            f"{self._token}:{self._calls}",
+        ]
+        reply = await self._scripts.start(keys=self._keys, args=args)
+        if len(reply) == 1:
+            return Refused(_text(reply[0]))
+        number, published, enqueued = reply
+        self._number = int(number)
+        return Attempt(int(number), int(published), float(enqueued) if enqueued else None)
 
-    def send_item(self, product_id: str, fields: dict[str, object]) -> Sent:
-        """Publish one item without waiting (`rank` reads the outcome); items land in the order sent."""
+    async def publish(self, items: Sequence[tuple[str, dict[str, Any]]]) -> list[Published | Refused]:
+        """Publish items in order (one round trip for all); each answer says its rank or why not."""
+        if len(items) == 1:
+            return [
+                _item_reply(
+                    await self._scripts.publish_item(keys=self._keys, args=self._item_args(*items[0]))
+                )
+            ]
+        async with self._client.pipeline(transaction=False) as pipe:
+            for product_id, fields in items:
+                await self._scripts.publish_item(
+                    keys=self._keys, args=self._item_args(product_id, fields), client=pipe
+                )
+            replies = await pipe.execute()
+        return [_item_reply(reply) for reply in replies]
+
+    def _item_args(self, product_id: str, fields: dict[str, Any]) -> list[str | int | float]:
         body = _JSON.encode({"product_id": product_id, **fields})
-        return self._client.send(self._publish_item, [product_id, body[1:], self._ttl, repr(time.time())])
-
-    @staticmethod
-    async def rank(sent: Sent) -> int:
-        """A sent item's rank, or DUPLICATE, JOB_ENDED or CANCEL_REQUESTED."""
-        return _int(_array(await sent.result(), 2)[0])
+        return [product_id, body[1:], self._ttl, repr(time.time()), self._number]
 
     async def cancel_requested(self) -> bool:
-        return await self._client.execute("HGET", self._state, "cancel") == b"1"
+        return bool(await self._client.hget(self._state, "cancel") == b"1")
 
     async def moments(self) -> tuple[float | None, float | None]:
         """When the job first started, and when its first item was published (epoch seconds)."""
-        reply = await self._client.execute("HMGET", self._state, "started_at", "first_item_at")
-        started, first_item = _array(reply, 2)
+        started, first_item = await self._client.hmget(self._state, ["started_at", "first_item_at"])
         return _float(started), _float(first_item)
 
     async def done(self, done: Done) -> bool:
-        return await self._finish("done", done.model_dump_json())
+        return await self._finish(EventType.DONE, done.model_dump_json())
 
     async def error(self, failed: Failed) -> bool:
-        return await self._finish("error", failed.model_dump_json())
+        return await self._finish(EventType.ERROR, failed.model_dump_json())
 
-    async def _finish(self, event_type: str, data: str) -> bool:
-        """True if this call wrote the job's terminal event (false: it already had one)."""
-        entry = await self._client.evalsha(self._finish_job, [event_type, data, self._ttl, repr(time.time())])
+    async def _finish(self, event_type: EventType, data: str) -> bool:
+        """True if this job run wrote the job's terminal event (false: another writer had)."""
+        args: list[str | int] = [str(event_type), data, self._ttl, repr(time.time()), self._token]
+        entry = await self._scripts.finish(keys=self._keys, args=args)
         if entry is not None and self._request_key is not None:
             # Its own slot on a cluster, so not in the script: the request_id lives as long as the stream.
-            await self._client.execute("EXPIRE", self._request_key, self._ttl)
+            await self._client.expire(self._request_key, self._ttl)
         return entry is not None
 
 
-def _array(reply: Reply, length: int) -> list[Reply]:
-    if not isinstance(reply, list) or len(reply) != length:
-        raise RespError(f"expected {length} values from Redis, got {reply!r}")
-    return reply
+def _item_reply(reply: list[Any]) -> Published | Refused:
+    value = reply[0]
+    return Published(value) if isinstance(value, int) else Refused(_text(value))
 
 
-def _int(value: Reply) -> int:
-    if isinstance(value, int | bytes):
-        return int(value)
-    raise RespError(f"expected an integer from Redis, got {value!r}")
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
-def _float(value: Reply) -> float | None:
-    """A timestamp field: None when missing or empty."""
-    return float(value) if isinstance(value, int | bytes) and value != b"" else None
+def _float(value: bytes | str | None) -> float | None:
+    return float(value) if value else None

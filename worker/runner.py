@@ -12,7 +12,7 @@ import logging
 from rq import Queue, SimpleWorker
 from rq.job import Job
 
-from rankstream.queue import SERIALIZER, connect, ranking_queue
+from rankstream.queue import SERIALIZER, ranking_queue, rq_connection
 from rankstream.settings import Settings
 
 from .guard import GuardedJob
@@ -21,10 +21,6 @@ from .metrics import serve_metrics
 from .runtime import Runtime
 
 log = logging.getLogger("rankstream.worker")
-
-
-def _log_level() -> str:
-    return logging.getLevelName(logging.getLogger().getEffectiveLevel())
 
 
 class RankingWorker(SimpleWorker):
@@ -38,21 +34,23 @@ class RankingWorker(SimpleWorker):
             abandon(job.id)
 
 
-def run_worker(settings: Settings, *, burst: bool = False, llm_base_url: str | None = None) -> bool:
-    """Work the queue until stopped (or, with burst, until it is empty). True if any job ran."""
-    connection = connect(settings)
-    runtime = Runtime(settings, llm_base_url)
+def run_worker(settings: Settings, *, burst: bool = False) -> bool:
+    """Work the queue until stopped (or, with burst, until it is empty). True if any job ran.
+
+    Raises LLMNotConfigured before touching the queue when no LLM was named.
+    """
+    runtime = Runtime(settings)
     Runtime.install(runtime)
+    connection = rq_connection(settings)
     if settings.metrics_port:
         serve_metrics(settings.metrics_host, settings.metrics_port, connection, settings)
     worker = RankingWorker(
         [ranking_queue(connection, settings)],
         connection=connection,
         serializer=SERIALIZER,
-        job_class=GuardedJob,
     )
     log.info("LLM at %s; metrics on :%s", runtime.llm_base_url or "api.openai.com", settings.metrics_port)
     try:
-        return bool(worker.work(burst=burst, logging_level=_log_level(), with_scheduler=False))
+        return bool(worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False))
     finally:
         runtime.close()

@@ -2,8 +2,8 @@
 
 Jobs spend seconds waiting on the LLM and milliseconds computing, so their I/O runs as
 coroutines on one event loop in a background thread, with one HTTP connection pool and one
-pipelined Redis connection (worker/resp.py) for all of them. RQ's thread hands each job's
-coroutine to this loop (at dequeue, see worker.job.begin) and waits for it.
+Redis connection pool (with the job scripts registered once) for all of them. RQ's thread
+hands each job's coroutine to this loop (worker/job.py) and waits for it.
 """
 
 from __future__ import annotations
@@ -13,38 +13,49 @@ import os
 import threading
 from collections.abc import Coroutine
 from concurrent.futures import Future
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import openai
+import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 
+from rankstream.connections import client_options
+from rankstream.exceptions import LLMNotConfigured
 from rankstream.settings import Settings, get_settings
-from rankstream.simulator import RunningSim, SimConfig, start_in_thread
 
 from .llm import make_client
-from .publish import SCRIPTS
-from .resp import RespClient
+from .publish import RedisScripts
+
+if TYPE_CHECKING:
+    from .job import Running
 
 T = TypeVar("T")
+
+# A lost reply is retried twice at once (the job scripts are idempotent); a longer outage fails
+# the attempt, and the job's own retry policy takes over with the job's deadline in view.
+REDIS_RETRY = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2)
 
 
 class Runtime:
     _current: ClassVar[Runtime | None] = None
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, settings: Settings, llm_base_url: str | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
+        if not settings.llm_configured:
+            raise LLMNotConfigured()
         self.settings = settings
-        self.simulator: RunningSim | None = None
-        if llm_base_url is None and settings.uses_simulator:
-            config = SimConfig(ttft=settings.sim_ttft, tokens_per_second=settings.sim_tokens_per_second)
-            self.simulator = start_in_thread(config)
-            llm_base_url = self.simulator.base_url
-        self.llm_base_url = llm_base_url or settings.openai_base_url
+        self.llm_base_url = settings.openai_base_url
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="rankstream-io", daemon=True)
         self._thread.start()
-        self.llm: openai.AsyncOpenAI = make_client(settings, self.llm_base_url)
-        self.started: dict[str, Any] = {}  # job id -> worker.job.Running, begun at dequeue
-        self.redis = RespClient(settings.redis_address, SCRIPTS)
+        self.llm: openai.AsyncOpenAI = make_client(settings)
+        url = settings.redis_address
+        self.redis = redis.asyncio.Redis.from_url(
+            url, retry=REDIS_RETRY, **client_options(url, settings.redis_timeout)
+        )
+        self.scripts = RedisScripts(self.redis)
+        self.started: dict[str, Running] = {}  # job id -> its coroutine, begun at dequeue
 
     @classmethod
     def current(cls) -> Runtime:
@@ -72,14 +83,12 @@ class Runtime:
     def close(self) -> None:
         async def _close() -> None:
             await self.llm.close()
-            await self.redis.close()
+            await self.redis.aclose()
 
         if self.loop.is_running():
             self.submit(_close()).result(timeout=10)
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout=10)
-        if self.simulator is not None:
-            self.simulator.stop()
         with Runtime._lock:
             if Runtime._current is self:
                 Runtime._current = None

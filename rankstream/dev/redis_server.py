@@ -16,7 +16,7 @@ from types import TracebackType
 
 import redis
 
-from .exceptions import RedisUnavailable
+from ..exceptions import RedisUnavailable
 from .processes import stop
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .models import RankingRequest
+from ..models import RankingRequest
 
 PROFILE = """Customer ID: 12345
 Recent Purchases: [Laptop, Wireless Headphones, Smart Watch]

@@ -8,22 +8,30 @@ Ctrl-C.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import subprocess
-import sys
 import time
 from contextlib import ExitStack
 from typing import Any
 
 import openai
-from rq import Worker
 
-from . import example
-from .processes import stop
-from .queue import connect, ranking_queue
-from .redis_server import RedisServer, free_port
-from .settings import Settings
+from ..dev import example
+from ..dev.processes import rankstream, stop, wait_for_worker
+from ..dev.redis_server import RedisServer, free_port
+from ..settings import Settings
+from .common import settings as current_settings
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("demo", help="run the example end to end, with nothing configured")
+    parser.set_defaults(command=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_demo(current_settings())
 
 
 def run_demo(settings: Settings) -> int:
@@ -36,8 +44,8 @@ def run_demo(settings: Settings) -> int:
         else:
             redis_note = "REDIS_URL"
         llm_note = "OpenAI API" if settings.openai_api_key else (settings.openai_base_url or "")
-        if settings.uses_simulator:
-            from .simulator import SimConfig, start_in_thread
+        if not settings.llm_configured:
+            from ..simulator import SimConfig, start_in_thread
 
             config = SimConfig(ttft=settings.sim_ttft, tokens_per_second=settings.sim_tokens_per_second)
             sim = stack.enter_context(start_in_thread(config))
@@ -48,7 +56,10 @@ def run_demo(settings: Settings) -> int:
         )  # fmt: skip
         worker = _start_worker(env, stack)
         print(f"rankstream demo · Redis: {redis_note} · LLM: {llm_note} · worker pid {worker.pid}")
-        _wait_for_worker(settings, worker)
+        try:
+            wait_for_worker(settings, worker)
+        except (RuntimeError, TimeoutError) as exc:
+            raise SystemExit(f"rankstream demo: {exc}") from None
         streamed = _streamed(settings)
         if streamed["first_item"] is None:
             print("no recommendation arrived, so there is nothing to compare (see the error above)")
@@ -64,20 +75,9 @@ def run_demo(settings: Settings) -> int:
 
 def _start_worker(env: dict[str, str], stack: ExitStack) -> subprocess.Popen[bytes]:
     env = {**env, "RANKSTREAM_METRICS_PORT": str(free_port()), "RANKSTREAM_LOG_LEVEL": "WARNING"}
-    process = subprocess.Popen([sys.executable, "-m", "rankstream", "worker"], env=env)
+    process = rankstream(["worker"], env)
     stack.callback(stop, process)
     return process
-
-
-def _wait_for_worker(settings: Settings, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    queue = ranking_queue(connect(settings), settings)
-    deadline = time.monotonic() + timeout
-    while Worker.count(queue=queue) == 0:
-        if process.poll() is not None:
-            raise SystemExit(f"the worker exited with status {process.returncode}")
-        if time.monotonic() > deadline:
-            raise SystemExit(f"the worker did not come up within {timeout:g} s")
-        time.sleep(0.05)
 
 
 def _streamed(settings: Settings) -> dict[str, Any]:

@@ -1,0 +1,293 @@
+"""The ranking: one request in, attempts at the LLM, published items, exactly one terminal event.
+
+`Ranking.run` is a coroutine on the worker's event loop, one per job. Each attempt asks the LLM
+with stream=True, feeds every delta through the extractor, checks each element against the
+request's catalogue and publishes it at once. The watchdog (worker/watchdog.py) bounds each
+attempt; the retry policy (worker/retry.py) decides whether a failed attempt gets another.
+Nothing here knows about RQ: worker/job.py adapts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from rankstream import keys
+from rankstream.codes import ErrorCode, RejectReason, Source
+from rankstream.models import Done, Failed, RankingRequest, Recommendation
+
+from . import metrics, prompt, retry
+from .extract import Item, ItemExtractor, Rejected
+from .llm import StreamState, stream_deltas
+from .publish import Attempt, Published, Publisher, Refused
+from .report import Report
+from .watchdog import Stopped, StopReason, Watchdog
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+log = logging.getLogger("rankstream.worker")
+
+
+class Ending(StrEnum):
+    DONE = "done"
+    ERROR = "error"
+    SKIPPED = "skipped"  # another writer had already ended the job: nothing written here
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    ending: Ending
+    count: int = 0
+    error: Failed | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A checked item waiting for the end of the chunk that closed it, to be published."""
+
+    product_id: str
+    fields: dict[str, Any]
+    closed: float  # perf_counter when its element closed
+    state: StreamState | None  # the LLM call it came from; None for a fallback item
+
+
+@dataclass
+class _Checks:
+    """Which elements may be published: known ids, each once per job."""
+
+    catalogue: dict[str, str]
+    seen: set[str] = field(default_factory=set)
+
+    def refuse(self, product_id: str) -> RejectReason | None:
+        if product_id not in self.catalogue:
+            return RejectReason.UNKNOWN_ID
+        if product_id in self.seen:
+            return RejectReason.DUPLICATE
+        self.seen.add(product_id)
+        return None
+
+
+class Ranking:
+    """One job's run. Not shared between jobs; every await yields to the other jobs."""
+
+    def __init__(self, runtime: Runtime, job_id: str, request: RankingRequest) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.job_id = job_id
+        self.request = request
+        self.model = request.model or self.settings.model
+        self.chat = prompt.chat_request(request, self.model)
+        request_key = keys.request(request.request_id) if request.request_id is not None else None
+        self.publisher = Publisher(runtime.scripts, job_id, self.settings.stream_ttl, request_key)
+        self.checks = _Checks(request.catalogue())
+        self.report = Report()
+        self.count = 0  # the rank of the last published item (ranks are given in Redis)
+        self.attempt = 0
+        self._pending: list[_Pending] = []
+        self._task: asyncio.Task[Result] | None = None
+        self._abort: ErrorCode | None = None
+
+    # --- the whole job ---------------------------------------------------------------------
+
+    async def run(self) -> Result:
+        self._task = asyncio.current_task()
+        started = time.monotonic()
+        metrics.jobs_in_progress.inc()
+        try:
+            result = await self._run()
+        except asyncio.CancelledError:  # stopped from outside: RQ's timeout, a shutdown
+            result = await self._fail(
+                self._abort or ErrorCode.WORKER_LOST, "the worker stopped the job", True
+            )
+        except Exception as exc:
+            log.exception("job %s failed", self.job_id)
+            result = await self._fail(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}", False)
+        finally:
+            metrics.jobs_in_progress.dec()
+            metrics.job_duration.observe(time.monotonic() - started)
+        if result.ending is Ending.DONE:
+            metrics.jobs.labels("done").inc()
+        elif result.error is not None and result.ending is Ending.ERROR:
+            metrics.jobs.labels(result.error.code).inc()
+        return result
+
+    def abort(self, code: ErrorCode) -> None:
+        """End the job from outside its task, with `code` (call on the loop's thread)."""
+        if self._task is not None and not self._task.done():
+            self._abort = self._abort or code
+            self._task.cancel()
+
+    async def _run(self) -> Result:
+        deadline = time.monotonic() + self.settings.job_timeout
+        while True:
+            attempt = await self.publisher.start(self.model)
+            if attempt is Refused.JOB_ENDED:
+                return Result(Ending.SKIPPED)
+            if attempt is Refused.CANCEL_REQUESTED:
+                return await self._fail(ErrorCode.CANCELLED, "cancelled before the job started", False)
+            assert isinstance(attempt, Attempt)
+            self._begin(attempt)
+            try:
+                await self._attempt(deadline)
+            except Stopped as stop:
+                if stop.reason is StopReason.JOB_ENDED:
+                    return Result(Ending.SKIPPED)
+                if stop.reason is StopReason.CANCELLED:
+                    return await self._fail(ErrorCode.CANCELLED, "cancelled on request", False)
+                if stop.reason is StopReason.JOB_TIMEOUT:
+                    return await self._fail(
+                        ErrorCode.TIMEOUT, "the job ran past RANKSTREAM_JOB_TIMEOUT", True
+                    )
+                failure = retry.stopped(stop.reason)
+            except Exception as exc:
+                failure = retry.classify(exc)
+            else:
+                if self.count > 0:
+                    return await self._done()
+                failure = retry.NO_ITEMS
+            ended = await self._retry_or_fail(failure, deadline)
+            if ended is not None:
+                return ended
+
+    def _begin(self, attempt: Attempt) -> None:
+        self.attempt = attempt.number
+        self.count = max(self.count, attempt.already_published)
+        self.report.started(attempt.enqueued_at)
+
+    async def _retry_or_fail(self, failure: retry.Failure, deadline: float) -> Result | None:
+        """Sleep before the next attempt (None), or the result if the job must end here."""
+        if failure.cause is None:
+            return await self._fail(failure.code, failure.message, False)
+        if self.attempt >= self.settings.max_attempts:
+            return await self._fail(
+                failure.code, f"gave up after {self.attempt} attempts: {failure.message}", True
+            )
+        pause = retry.backoff(self.attempt, failure.retry_after)
+        if time.monotonic() + pause >= deadline:
+            return await self._fail(
+                ErrorCode.TIMEOUT, f"no time left to retry after: {failure.message}", True
+            )
+        metrics.llm_retries.labels(failure.cause).inc()
+        log.warning(
+            "job %s attempt %d: %s; retrying in %.2fs", self.job_id, self.attempt, failure.message, pause
+        )
+        await asyncio.sleep(pause)
+        return None
+
+    # --- one attempt: one LLM stream ---------------------------------------------------------
+
+    async def _attempt(self, deadline: float) -> None:
+        extractor = ItemExtractor(Recommendation)
+        task = asyncio.current_task()
+        assert task is not None
+        async with stream_deltas(self.runtime.llm, self.chat) as (state, batches):
+            watchdog = Watchdog(self.settings, deadline, state, self.publisher.cancel_requested)
+            watchdog.start(task)
+            try:
+                async for texts in batches:
+                    for text in texts:
+                        for result in extractor.feed(text):
+                            self._take(result, state)
+                    if self._pending and await self._flush_watched(watchdog):
+                        return  # top_k reached: leaving the block closes the stream
+            except asyncio.CancelledError:
+                if watchdog.reason is None:
+                    raise  # not ours: the whole job is being stopped
+                task.uncancel()
+                raise Stopped(watchdog.reason) from None
+            finally:
+                watchdog.stop()
+                self.report.stream_ended(state)
+        for result in extractor.close():
+            self._take(result, state)
+        if not await self._flush() and self.settings.fallback and self.count > 0:
+            await self._fill_from_catalogue()
+
+    def _take(self, result: Item[Recommendation] | Rejected, state: StreamState) -> None:
+        """Check one element; a good one waits for the end of its chunk to be published."""
+        if isinstance(result, Rejected):
+            self.report.reject(RejectReason(result.reason))
+            return
+        product_id = result.value.product_id
+        refused = self.checks.refuse(product_id)
+        if refused is not None:
+            self.report.reject(refused)
+            return
+        self.report.first_token(state)
+        fields = {"product_name": self.checks.catalogue[product_id], "source": Source.LLM}
+        fields.update(result.value.model_dump(exclude={"product_id"}))
+        self._pending.append(_Pending(product_id, fields, time.perf_counter(), state))
+
+    async def _flush_watched(self, watchdog: Watchdog) -> bool:
+        """`_flush` that the watchdog does not cut in half: a stop waits for the replies."""
+        watchdog.busy = True
+        try:
+            reached = await self._flush()
+        finally:
+            watchdog.busy = False
+        if watchdog.reason is not None:
+            raise Stopped(watchdog.reason)
+        return reached
+
+    async def _flush(self) -> bool:
+        """Publish what is pending, in order, up to top_k; True once top_k items are out."""
+        top_k = self.request.top_k
+        while self._pending and (top_k is None or self.count < top_k):
+            room = len(self._pending) if top_k is None else top_k - self.count
+            batch, self._pending = self._pending[:room], self._pending[room:]
+            replies = await self.publisher.publish([(p.product_id, p.fields) for p in batch])
+            for item, reply in zip(batch, replies, strict=True):
+                self._settle(item, reply)
+        self._pending.clear()  # past top_k: never published
+        return top_k is not None and self.count >= top_k
+
+    def _settle(self, item: _Pending, reply: Published | Refused) -> None:
+        if isinstance(reply, Published):
+            self.count = reply.rank
+            self.report.published(reply.rank, item.closed, item.state)
+        elif reply is Refused.DUPLICATE:
+            if item.state is not None:  # an LLM item an earlier attempt of this job published
+                self.report.reject(RejectReason.DUPLICATE)
+        elif reply is Refused.CANCEL_REQUESTED:
+            raise Stopped(StopReason.CANCELLED)
+        else:
+            raise Stopped(StopReason.JOB_ENDED)
+
+    async def _fill_from_catalogue(self) -> None:
+        """The LLM left some candidates out: append them in catalogue order, marked `fallback`."""
+        now = time.perf_counter()
+        for product_id, name in self.checks.catalogue.items():
+            if self.checks.refuse(product_id) is None:
+                self._pending.append(
+                    _Pending(product_id, {"product_name": name, "source": Source.FALLBACK}, now, None)
+                )
+        await self._flush()
+
+    # --- the terminal event ------------------------------------------------------------------
+
+    async def _done(self) -> Result:
+        started, first_item = await self.publisher.moments()
+        rejected = {reason: count for reason, count in self.report.rejected.items()}
+        done = Done(
+            count=self.count,
+            rejected=rejected,
+            timings=self.report.timings(started, first_item),
+            usage=self.report.usage,
+        )
+        if not await self.publisher.done(done):
+            return Result(Ending.SKIPPED)
+        return Result(Ending.DONE, self.count)
+
+    async def _fail(self, code: ErrorCode, message: str, retryable: bool) -> Result:
+        failed = Failed(code=code, message=message, retryable=retryable, attempt=self.attempt)
+        try:
+            wrote = await asyncio.shield(self.publisher.error(failed))
+        except Exception:
+            log.exception("job %s: could not publish its error event", self.job_id)
+            wrote = False
+        return Result(Ending.ERROR if wrote else Ending.SKIPPED, self.count, failed)

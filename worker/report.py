@@ -1,0 +1,83 @@
+"""What a job tells about itself: rejects by reason, token usage, timings, and their metrics.
+
+One `Report` per job, fed by the ranking as things happen; it observes the Prometheus
+histograms at the moment each fact is known and builds the `done` event's counts at the end.
+"""
+
+from __future__ import annotations
+
+import time
+
+from rankstream.codes import RejectReason
+from rankstream.models import Timings, Usage
+
+from . import metrics
+from .llm import StreamState
+
+
+class Report:
+    def __init__(self) -> None:
+        self.rejected = dict.fromkeys(RejectReason, 0)
+        self.usage: Usage | None = None
+        self.enqueued_at: float | None = None  # epoch seconds, from the job's state in Redis
+        self.first_token_at: float | None = None
+        self.last_item_at: float | None = None
+
+    def started(self, enqueued_at: float | None) -> None:
+        """An attempt began; the first one tells how long the job waited in the queue."""
+        if self.enqueued_at is None and enqueued_at is not None:
+            self.enqueued_at = enqueued_at
+            metrics.queue_wait.observe(max(0.0, time.time() - enqueued_at))
+
+    def reject(self, reason: RejectReason) -> None:
+        self.rejected[reason] += 1
+        metrics.items_rejected.labels(reason).inc()
+
+    def first_token(self, state: StreamState) -> None:
+        if self.first_token_at is None and state.first_token_at is not None:
+            self.first_token_at = state.first_token_at
+            metrics.llm_time_to_first_token.observe(state.first_token_at - state.requested_at)
+
+    def published(self, rank: int, closed: float, state: StreamState | None) -> None:
+        """An item is on the stream; `closed` is the perf_counter when its element closed."""
+        now = time.time()
+        metrics.publish_latency.observe(time.perf_counter() - closed)
+        metrics.items_published.inc()
+        if rank == 1:
+            if self.enqueued_at is not None:
+                metrics.time_to_first_item.observe(now - self.enqueued_at)
+            if state is not None:
+                metrics.llm_time_to_first_item.observe(now - state.requested_at)
+        if self.last_item_at is not None:
+            metrics.item_gap.observe(now - self.last_item_at)
+        self.last_item_at = now
+
+    def stream_ended(self, state: StreamState) -> None:
+        """Add one LLM call's usage (a chunk count when the server sent none)."""
+        self.first_token(state)
+        usage = state.usage or Usage(completion_tokens=state.chunks, total_tokens=state.chunks)
+        metrics.llm_tokens.labels("prompt").inc(usage.prompt_tokens)
+        metrics.llm_tokens.labels("completion").inc(usage.completion_tokens)
+        if self.usage is not None:
+            usage = Usage(
+                prompt_tokens=self.usage.prompt_tokens + usage.prompt_tokens,
+                completion_tokens=self.usage.completion_tokens + usage.completion_tokens,
+                total_tokens=self.usage.total_tokens + usage.total_tokens,
+            )
+        self.usage = usage
+
+    def timings(self, started: float | None, first_item: float | None) -> Timings:
+        """Seconds since enqueue; `started` and `first_item` are the moments Redis recorded."""
+        if self.enqueued_at is None:
+            return Timings()
+        base = self.enqueued_at
+        return Timings(
+            queue_wait=_since(base, started),
+            first_token=_since(base, self.first_token_at),
+            first_item=_since(base, first_item),
+            total=_since(base, time.time()),
+        )
+
+
+def _since(base: float, moment: float | None) -> float | None:
+    return None if moment is None else round(max(0.0, moment - base), 6)

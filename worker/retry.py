@@ -1,0 +1,100 @@
+"""The retry policy: which failures of an attempt are worth another, and how long to wait.
+
+An attempt fails because the LLM refused or broke (HTTP status, connection, a stream error),
+because Redis did, because the watchdog stopped it (first-token or idle timeout), or because
+the answer held no valid item. Each becomes a `Failure`: the cause counted in
+`rankstream_llm_retries_total{cause}`, the code the job ends with if it gives up, and the wait
+the server asked for (Retry-After).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+import httpx2
+import openai
+import redis.exceptions
+
+from rankstream.codes import ErrorCode, RetryCause
+
+from .llm import LLMStreamError
+from .watchdog import StopReason
+
+MAX_BACKOFF_SECONDS = 8.0
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    cause: RetryCause | None  # None: not worth another attempt
+    code: ErrorCode  # what the job ends with if this is the last failure
+    message: str
+    retry_after: float | None = None  # what the server asked for, in seconds
+
+    @property
+    def retryable(self) -> bool:
+        return self.cause is not None
+
+
+NO_ITEMS = Failure(RetryCause.NO_ITEMS, ErrorCode.NO_ITEMS, "the LLM's answer held no valid item")
+
+_STOPS = {
+    StopReason.FIRST_TOKEN_TIMEOUT: "no first token within RANKSTREAM_FIRST_TOKEN_TIMEOUT",
+    StopReason.IDLE_TIMEOUT: "the LLM went silent for longer than RANKSTREAM_IDLE_TIMEOUT",
+}
+
+
+def stopped(reason: StopReason) -> Failure:
+    """A watchdog stop that ends the attempt, not the job."""
+    return Failure(RetryCause.TIMEOUT, ErrorCode.TIMEOUT, _STOPS.get(reason, str(reason)))
+
+
+def classify(exc: BaseException) -> Failure:
+    """What an exception out of an attempt means for the job."""
+    message = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, openai.RateLimitError):
+        return Failure(
+            RetryCause.RATE_LIMIT, ErrorCode.LLM_UNAVAILABLE, message, retry_after(exc.response.headers)
+        )
+    if isinstance(exc, openai.APIStatusError):
+        cause = RetryCause.SERVER_ERROR if exc.status_code >= 500 or exc.status_code in (408, 409) else None
+        return Failure(cause, ErrorCode.LLM_UNAVAILABLE, message, retry_after(exc.response.headers))
+    if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
+        return Failure(RetryCause.TIMEOUT, ErrorCode.LLM_UNAVAILABLE, message)
+    if isinstance(
+        exc, openai.APIConnectionError | httpx2.TransportError | LLMStreamError | json.JSONDecodeError
+    ):
+        return Failure(RetryCause.CONNECTION, ErrorCode.LLM_UNAVAILABLE, message)
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        return Failure(RetryCause.REDIS, ErrorCode.INTERNAL, message)
+    return Failure(None, ErrorCode.INTERNAL, message)
+
+
+def backoff(attempt: int, requested: float | None) -> float:
+    """Exponential with full jitter, at least what the server asked for (Retry-After)."""
+    computed = random.uniform(0, min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** (attempt - 1)))
+    return max(computed, requested or 0.0)
+
+
+def retry_after(headers: httpx2.Headers) -> float | None:
+    """Retry-After as seconds: `retry-after-ms`, then `retry-after` in seconds or as an HTTP date."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
