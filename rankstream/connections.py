@@ -11,13 +11,18 @@ RANKSTREAM_REDIS_TIMEOUT, so a half-open connection cannot stall a caller for ev
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.connection import parse_url
+from redis.retry import Retry
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -31,19 +36,37 @@ def check_redis_url(url: str) -> None:
     """Raise RedisURLError unless redis-py can build a connection from `url` (nothing is sent)."""
     if url.split("://", 1)[0].endswith("sentinel"):
         raise RedisURLError(
-            f"REDIS_URL: {url.split('://', 1)[0]}:// is not supported; give the master's redis:// or rediss:// URL "
+            f"{url.split('://', 1)[0]}:// is not supported; give the master's redis:// or rediss:// URL "
             "(or a proxy in front of Sentinel)"
         )
     try:
         redis.ConnectionPool.from_url(url).make_connection()
-    except (ValueError, TypeError) as exc:
-        raise RedisURLError(f"REDIS_URL: {exc}") from None
+    except ValueError as exc:
+        raise RedisURLError(str(exc)) from None
+    except TypeError as exc:  # an option no redis-py connection takes
+        unknown = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
+        raise RedisURLError(f"unknown option {unknown.group(1) if unknown else exc!s} in the URL") from None
 
 
-def client_options(url: str, timeout: float) -> dict[str, Any]:
-    """Keyword arguments for `from_url`: our timeouts, unless the URL sets its own."""
+def redacted(url: str) -> str:
+    """The URL with its password hidden, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def client_options(url: str, timeout: float, *, for_asyncio: bool = False) -> dict[str, Any]:
+    """Keyword arguments for `from_url`: our timeouts and retries, unless the URL sets its own.
+
+    A lost reply is retried twice at once (the job scripts are idempotent); a longer outage
+    reaches the caller within seconds, not after redis-py's default ten retries, so a job's own
+    retry policy can act with its deadline in view.
+    """
     given = parse_url(url)  # type: ignore[no-untyped-call]
-    options: dict[str, Any] = {}
+    retry = AsyncRetry if for_asyncio else Retry
+    options: dict[str, Any] = {"retry": retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2)}
     if "socket_timeout" not in given:
         options["socket_timeout"] = timeout
     if "socket_connect_timeout" not in given:
@@ -76,7 +99,9 @@ def async_client(url: str, timeout: float) -> redis.asyncio.Redis:
     key = (url, timeout)
     client = clients.get(key)
     if client is None:
-        client = clients[key] = redis.asyncio.Redis.from_url(url, **client_options(url, timeout))
+        client = clients[key] = redis.asyncio.Redis.from_url(
+            url, **client_options(url, timeout, for_asyncio=True)
+        )
     return client
 
 

@@ -6,14 +6,16 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 import redis
 
 from producer import enqueue
+from rankstream import keys
 from rankstream.dev import example
-from rankstream.exceptions import InvalidRequest
+from rankstream.exceptions import InvalidRequest, RequestConflict
 from rankstream.queue import ranking_queue
 from rankstream.settings import Settings
 
@@ -101,6 +103,41 @@ class TestIdempotentEnqueue:
         assert first.job_id != second.job_id
         assert ranking_queue(connection, settings).count == 2
 
+    def test_the_same_request_id_with_another_body_is_refused_and_enqueues_nothing(
+        self, settings: Settings, connection: redis.Redis
+    ) -> None:
+        first = enqueue({**good(), "request_id": "order-43"}, settings=settings, connection=connection)
+        with pytest.raises(RequestConflict) as raised:
+            enqueue(
+                {**good(), "request_id": "order-43", "top_k": 3}, settings=settings, connection=connection
+            )
+
+        assert raised.value.job_id == first.job_id and raised.value.request_id == "order-43"
+        assert ranking_queue(connection, settings).count == 1
+
+    def test_an_integer_id_and_its_decimal_string_are_the_same_body(
+        self, settings: Settings, connection: redis.Redis
+    ) -> None:
+        body = good()
+        as_integers = {
+            **body,
+            "products": [{**p, "product_id": int(p["product_id"])} for p in body["products"]],
+        }
+        first = enqueue({**body, "request_id": "order-44"}, settings=settings, connection=connection)
+        second = enqueue({**as_integers, "request_id": "order-44"}, settings=settings, connection=connection)
+        assert first == second
+
+    def test_racing_enqueues_of_one_request_id_make_one_job_and_every_handle_names_it(
+        self, settings: Settings, connection: redis.Redis
+    ) -> None:
+        request = {**good(), "request_id": "order-race"}
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            handles = list(pool.map(lambda _: enqueue(request, settings=settings), range(32)))
+
+        assert len({h.job_id for h in handles}) == 1
+        assert ranking_queue(connection, settings).job_ids == [handles[0].job_id]
+        assert connection.hget(keys.state(handles[0].job_id), "status") == b"queued"  # its state exists
+
 
 def run_cli(args: list[str], stdin: str, settings: Settings) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "REDIS_URL": settings.redis_url or "", "RANKSTREAM_QUEUE": settings.queue}
@@ -127,6 +164,19 @@ class TestEnqueueCommand:
         assert result.returncode != 0
         assert "request: not valid JSON" in result.stderr
         assert ranking_queue(connection, settings).count == 0
+
+    def test_a_request_id_conflict_exits_non_zero_naming_the_request_id(
+        self, settings: Settings, connection: redis.Redis
+    ) -> None:
+        assert (
+            run_cli(["enqueue", "-"], json.dumps({**good(), "request_id": "cli-1"}), settings).returncode == 0
+        )
+        result = run_cli(
+            ["enqueue", "-"], json.dumps({**good(), "request_id": "cli-1", "top_k": 2}), settings
+        )
+        assert result.returncode == 2
+        assert "request_id" in result.stderr and "different request body" in result.stderr
+        assert ranking_queue(connection, settings).count == 1
 
     def test_names_the_field_of_a_bad_request(self, settings: Settings, connection: redis.Redis) -> None:
         result = run_cli(["enqueue", "-"], json.dumps({**good(), "products": []}), settings)

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import logging
 
+import redis
 from rq import Queue, SimpleWorker
 from rq.job import Job
 
+from rankstream.connections import redacted
+from rankstream.exceptions import RedisUnavailable
 from rankstream.queue import SERIALIZER, ranking_queue, rq_connection
 from rankstream.settings import Settings
 
@@ -34,14 +37,35 @@ class RankingWorker(SimpleWorker):
             abandon(job.id)
 
 
+async def _ping(runtime: Runtime) -> None:
+    await runtime.redis.ping()
+
+
+def _check_redis(runtime: Runtime, connection: redis.Redis) -> None:
+    """Both clients reach Redis (address, TLS, credentials), or the worker does not start."""
+    try:
+        connection.ping()
+        runtime.submit(_ping(runtime)).result()
+    except redis.RedisError as exc:
+        raise RedisUnavailable(
+            f"cannot use REDIS_URL ({redacted(runtime.settings.redis_address)}): {exc}"
+        ) from None
+
+
 def run_worker(settings: Settings, *, burst: bool = False) -> bool:
     """Work the queue until stopped (or, with burst, until it is empty). True if any job ran.
 
-    Raises LLMNotConfigured before touching the queue when no LLM was named.
+    Raises LLMNotConfigured when no LLM was named, RedisUnavailable when Redis cannot be used,
+    both before taking any job.
     """
     runtime = Runtime(settings)
-    Runtime.install(runtime)
     connection = rq_connection(settings)
+    try:
+        _check_redis(runtime, connection)
+    except BaseException:
+        runtime.close()
+        raise
+    Runtime.install(runtime)
     if settings.metrics_port:
         serve_metrics(settings.metrics_host, settings.metrics_port, connection, settings)
     worker = RankingWorker(

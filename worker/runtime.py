@@ -17,8 +17,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import openai
 import redis.asyncio
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
 
 from rankstream.connections import client_options
 from rankstream.exceptions import LLMNotConfigured
@@ -31,10 +29,6 @@ if TYPE_CHECKING:
     from .job import Running
 
 T = TypeVar("T")
-
-# A lost reply is retried twice at once (the job scripts are idempotent); a longer outage fails
-# the attempt, and the job's own retry policy takes over with the job's deadline in view.
-REDIS_RETRY = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2)
 
 
 class Runtime:
@@ -52,7 +46,7 @@ class Runtime:
         self.llm: openai.AsyncOpenAI = make_client(settings)
         url = settings.redis_address
         self.redis = redis.asyncio.Redis.from_url(
-            url, retry=REDIS_RETRY, **client_options(url, settings.redis_timeout)
+            url, **client_options(url, settings.redis_timeout, for_asyncio=True)
         )
         self.scripts = RedisScripts(self.redis)
         self.started: dict[str, Running] = {}  # job id -> its coroutine, begun at dequeue

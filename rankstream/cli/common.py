@@ -21,8 +21,10 @@ def settings(**overrides: Any) -> Settings:
         return Settings.model_validate({**base.model_dump(), **given}) if given else base
     except ValidationError as exc:
         error = exc.errors()[0]
-        name = ".".join(str(part) for part in error["loc"]) or "settings"
-        raise SystemExit(f"rankstream: {name}: {error['msg']}") from None
+        field = ".".join(str(part) for part in error["loc"]) or "settings"
+        name = field if field.isupper() else f"RANKSTREAM_{field.upper()}"  # REDIS_URL keeps its name
+        cause = error.get("ctx", {}).get("error")
+        raise SystemExit(f"rankstream: {name}: {cause or error['msg']}") from None
 
 
 def configure_logging() -> None:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from ..exceptions import LLMNotConfigured
+from ..exceptions import LLMNotConfigured, RedisUnavailable
 from .common import settings
 
 
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         run_worker(chosen, burst=args.burst)
-    except LLMNotConfigured as exc:
+    except (LLMNotConfigured, RedisUnavailable) as exc:
         print(f"rankstream worker: {exc}", file=sys.stderr)
         return 2
     return 0
