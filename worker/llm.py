@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from json.decoder import scanstring  # type: ignore[attr-defined]
 from typing import Any
 
@@ -26,7 +25,8 @@ from rankstream.settings import Settings
 
 from .network import http_client
 
-SIMULATOR_KEY = "rankstream-simulator"  # the simulator accepts any key; the client insists on one
+# A server that wants no key (a local vLLM, llama.cpp, the simulator) still gets one: the client insists.
+KEYLESS = "no-key"
 
 
 @dataclass
@@ -48,7 +48,7 @@ class LLMStreamError(Exception):
 
 def make_client(settings: Settings, base_url: str | None = None) -> openai.AsyncOpenAI:
     """One client per worker process: its connection pool is shared by every job."""
-    key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else SIMULATOR_KEY
+    key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else KEYLESS
     # The job's watchdog enforces first-token, idle and job deadlines precisely; the socket
     # timeouts here only catch what a watchdog cannot (a connect that never completes).
     read = max(settings.first_token_timeout, settings.idle_timeout) + 5
@@ -180,40 +180,3 @@ async def complete(client: openai.AsyncOpenAI, request: dict[str, Any]) -> str:
     if message.tool_calls:
         return "".join(call.function.arguments for call in message.tool_calls if call.type == "function")
     return message.content or ""
-
-
-def classify(exc: BaseException) -> tuple[str, bool, float | None]:
-    """(retry cause, retryable, server-requested delay in seconds) for an LLM failure."""
-    if isinstance(exc, openai.RateLimitError):
-        return "rate_limit", True, retry_after(exc.response.headers)
-    if isinstance(exc, openai.APIStatusError):
-        retryable = exc.status_code >= 500 or exc.status_code in (408, 409)
-        return "server_error", retryable, retry_after(exc.response.headers)
-    if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
-        return "timeout", True, None
-    if isinstance(exc, openai.APIConnectionError | httpx2.TransportError | LLMStreamError):
-        return "connection", True, None
-    if isinstance(exc, json.JSONDecodeError):
-        return "connection", True, None
-    return "internal", False, None
-
-
-def retry_after(headers: httpx2.Headers) -> float | None:
-    """Retry-After as seconds: `retry-after-ms`, then `retry-after` in seconds or as an HTTP date."""
-    millis = headers.get("retry-after-ms")
-    if millis:
-        try:
-            return max(0.0, float(millis) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None

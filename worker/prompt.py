@@ -3,11 +3,19 @@
 The model writes only product ids (names come from the catalogue), so it spends fewer tokens
 and the first item arrives sooner. The response schema comes from the item model and pins
 product_id to the catalogue's ids.
+
+The format, which the LLM simulator reads back (rankstream/simulator/prompt.py):
+a system message, then one user message holding `<profile>\nPROFILE\n</profile>`, then
+`<candidates>\n` + one JSON object per line, `{"product_id": ..., "product_name": ...}`, in
+the request's order + `\n</candidates>`, then the instruction. So that nothing a caller sends
+can end a block early, a tag inside the profile has its `<` written as `&lt;`, and a
+candidate's JSON escapes `<` and the Unicode line separators (U+2028, U+2029, U+0085).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -24,14 +32,22 @@ SYSTEM = (
 )
 
 
+_TAG = re.compile(r"</?(?:profile|candidates)>", re.IGNORECASE)
+_ESCAPES = str.maketrans({"<": "\\u003c", "\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
+def candidate_line(product_id: str, product_name: str) -> str:
+    """One candidate as a line of JSON that no name or id can break out of."""
+    text = json.dumps({"product_id": product_id, "product_name": product_name}, ensure_ascii=False)
+    return text.translate(_ESCAPES)
+
+
 def messages(request: RankingRequest) -> list[dict[str, str]]:
-    candidates = "\n".join(
-        json.dumps({"product_id": p.product_id, "product_name": p.product_name}, ensure_ascii=False)
-        for p in request.products
-    )
+    candidates = "\n".join(candidate_line(p.product_id, p.product_name) for p in request.products)
+    profile = _TAG.sub(lambda tag: "&lt;" + tag.group(0)[1:], request.profile)
     how_many = f"the {request.top_k} most relevant" if request.top_k else "all"
     user = (
-        f"<profile>\n{request.profile}\n</profile>\n\n"
+        f"<profile>\n{profile}\n</profile>\n\n"
         f"<candidates>\n{candidates}\n</candidates>\n\n"
         f"Rank {how_many} candidates for this customer."
     )

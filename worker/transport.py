@@ -84,15 +84,18 @@ class BackendTransport(httpx2.AsyncBaseTransport):
         proxy: httpx2.Proxy | None = None,
     ) -> None:
         self.network_backend = network_backend
-        self.proxy = proxy
         ssl_context = httpx2.create_ssl_context(verify=verify)  # SSL_CERT_FILE/DIR count, as in httpx2
-        most, idle, expiry = limits.max_connections, limits.max_keepalive_connections, limits.keepalive_expiry
+        connections, keepalive, expiry = (
+            limits.max_connections,
+            limits.max_keepalive_connections,
+            limits.keepalive_expiry,
+        )
         self.pool: httpcore2.AsyncConnectionPool
         if proxy is None:
             self.pool = httpcore2.AsyncConnectionPool(
                 ssl_context=ssl_context,
-                max_connections=most,
-                max_keepalive_connections=idle,
+                max_connections=connections,
+                max_keepalive_connections=keepalive,
                 keepalive_expiry=expiry,
                 network_backend=network_backend,
             )
@@ -108,8 +111,8 @@ class BackendTransport(httpx2.AsyncBaseTransport):
                 proxy_headers=proxy.headers.raw,
                 proxy_ssl_context=proxy.ssl_context,
                 ssl_context=ssl_context,
-                max_connections=most,
-                max_keepalive_connections=idle,
+                max_connections=connections,
+                max_keepalive_connections=keepalive,
                 keepalive_expiry=expiry,
                 network_backend=network_backend,
             )
@@ -123,8 +126,8 @@ class BackendTransport(httpx2.AsyncBaseTransport):
                 proxy_url=proxy_url,
                 proxy_auth=proxy.raw_auth,
                 ssl_context=ssl_context,
-                max_connections=most,
-                max_keepalive_connections=idle,
+                max_connections=connections,
+                max_keepalive_connections=keepalive,
                 keepalive_expiry=expiry,
                 network_backend=network_backend,
             )

@@ -1,0 +1,1 @@
+"""Real helpers the tests start: a recording HTTP proxy, the simulator behind TLS."""

@@ -1,0 +1,74 @@
+"""The retry policy: which failures get another attempt, under which cause, after how long."""
+
+from __future__ import annotations
+
+import time
+from email.utils import formatdate
+
+import httpx2
+import openai
+import pytest
+import redis.exceptions
+
+from rankstream.codes import ErrorCode, RetryCause
+from worker import retry
+from worker.llm import LLMStreamError
+from worker.watchdog import StopReason
+
+
+def status_error(status: int, headers: dict[str, str] | None = None) -> openai.APIStatusError:
+    request = httpx2.Request("POST", "http://127.0.0.1/v1/chat/completions")
+    response = httpx2.Response(status, headers=headers or {}, request=request)
+    error_class = openai.RateLimitError if status == 429 else openai.APIStatusError
+    return error_class("refused", response=response, body=None)
+
+
+class TestClassify:
+    @pytest.mark.parametrize(
+        ("failure", "cause", "code"),
+        [
+            (status_error(429), RetryCause.RATE_LIMIT, ErrorCode.LLM_UNAVAILABLE),
+            (status_error(500), RetryCause.SERVER_ERROR, ErrorCode.LLM_UNAVAILABLE),
+            (status_error(503), RetryCause.SERVER_ERROR, ErrorCode.LLM_UNAVAILABLE),
+            (status_error(408), RetryCause.SERVER_ERROR, ErrorCode.LLM_UNAVAILABLE),
+            (status_error(400), None, ErrorCode.LLM_UNAVAILABLE),
+            (status_error(401), None, ErrorCode.LLM_UNAVAILABLE),
+            (httpx2.ReadTimeout("slow"), RetryCause.TIMEOUT, ErrorCode.LLM_UNAVAILABLE),
+            (httpx2.ConnectError("refused"), RetryCause.CONNECTION, ErrorCode.LLM_UNAVAILABLE),
+            (LLMStreamError("bad frame"), RetryCause.CONNECTION, ErrorCode.LLM_UNAVAILABLE),
+            (redis.exceptions.ConnectionError("reset"), RetryCause.REDIS, ErrorCode.INTERNAL),
+            (redis.exceptions.TimeoutError("paused"), RetryCause.REDIS, ErrorCode.INTERNAL),
+            (ValueError("a bug"), None, ErrorCode.INTERNAL),
+        ],
+        ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else str(value),
+    )
+    def test_each_failure_has_its_cause_and_code(
+        self, failure: BaseException, cause: RetryCause | None, code: ErrorCode
+    ) -> None:
+        found = retry.classify(failure)
+        assert (found.cause, found.code, found.retryable) == (cause, code, cause is not None)
+
+    def test_watchdog_stops_that_end_an_attempt_are_timeouts(self) -> None:
+        for reason in (StopReason.FIRST_TOKEN_TIMEOUT, StopReason.IDLE_TIMEOUT):
+            failure = retry.stopped(reason)
+            assert (failure.cause, failure.code) == (RetryCause.TIMEOUT, ErrorCode.TIMEOUT)
+            assert "RANKSTREAM_" in failure.message
+
+
+class TestRetryAfter:
+    def test_milliseconds_seconds_and_http_dates_are_read(self) -> None:
+        assert retry.retry_after(httpx2.Headers({"retry-after-ms": "1500"})) == 1.5
+        assert retry.retry_after(httpx2.Headers({"retry-after": "7"})) == 7.0
+        later = retry.retry_after(httpx2.Headers({"retry-after": formatdate(time.time() + 30, usegmt=True)}))
+        assert later is not None and 25 < later <= 30
+        assert retry.retry_after(httpx2.Headers({"retry-after": "soon"})) is None
+        assert retry.retry_after(httpx2.Headers()) is None
+
+    def test_a_rate_limit_carries_the_servers_wait(self) -> None:
+        assert retry.classify(status_error(429, {"retry-after": "2"})).retry_after == 2.0
+
+    def test_backoff_grows_with_jitter_and_never_undercuts_retry_after(self) -> None:
+        pauses = [retry.backoff(attempt, None) for attempt in range(1, 8) for _ in range(50)]
+        assert all(0 <= pause <= retry.MAX_BACKOFF_SECONDS for pause in pauses)
+        assert len(set(pauses)) > 100  # jittered, not a fixed schedule
+        assert all(retry.backoff(1, 3.0) >= 3.0 for _ in range(50))
