@@ -95,12 +95,14 @@ class Ranking:
     # --- the whole job ---------------------------------------------------------------------
 
     async def run(self) -> Result:
-        self._task = asyncio.current_task()
+        self._task = task = asyncio.current_task()
+        assert task is not None
         started = time.monotonic()
         metrics.jobs_in_progress.inc()
         try:
             result = await self._run()
         except asyncio.CancelledError:  # stopped from outside: RQ's timeout, a shutdown
+            task.uncancel()  # the stop is handled here; the terminal write must not see it
             result = await self._fail(
                 self._abort or ErrorCode.WORKER_LOST, "the worker stopped the job", True
             )
@@ -124,15 +126,17 @@ class Ranking:
 
     async def _run(self) -> Result:
         deadline = time.monotonic() + self.settings.job_timeout
+        tries = 0  # counted here too: a START that Redis never answered has no number
         while True:
-            attempt = await self.publisher.start(self.model)
-            if attempt is Refused.JOB_ENDED:
-                return Result(Ending.SKIPPED)
-            if attempt is Refused.CANCEL_REQUESTED:
-                return await self._fail(ErrorCode.CANCELLED, "cancelled before the job started", False)
-            assert isinstance(attempt, Attempt)
-            self._begin(attempt)
+            tries += 1
             try:
+                attempt = await self.publisher.start(self.model)
+                if attempt is Refused.JOB_ENDED:
+                    return Result(Ending.SKIPPED)
+                if attempt is Refused.CANCEL_REQUESTED:
+                    return await self._fail(ErrorCode.CANCELLED, "cancelled before the job started", False)
+                assert isinstance(attempt, Attempt)
+                self._begin(attempt)
                 await self._attempt(deadline)
             except Stopped as stop:
                 if stop.reason is StopReason.JOB_ENDED:
@@ -150,7 +154,7 @@ class Ranking:
                 if self.count > 0:
                     return await self._done()
                 failure = retry.NO_ITEMS
-            ended = await self._retry_or_fail(failure, deadline)
+            ended = await self._retry_or_fail(failure, max(tries, self.attempt), deadline)
             if ended is not None:
                 return ended
 
@@ -159,15 +163,13 @@ class Ranking:
         self.count = max(self.count, attempt.already_published)
         self.report.started(attempt.enqueued_at)
 
-    async def _retry_or_fail(self, failure: retry.Failure, deadline: float) -> Result | None:
+    async def _retry_or_fail(self, failure: retry.Failure, tries: int, deadline: float) -> Result | None:
         """Sleep before the next attempt (None), or the result if the job must end here."""
         if failure.cause is None:
             return await self._fail(failure.code, failure.message, False)
-        if self.attempt >= self.settings.max_attempts:
-            return await self._fail(
-                failure.code, f"gave up after {self.attempt} attempts: {failure.message}", True
-            )
-        pause = retry.backoff(self.attempt, failure.retry_after)
+        if tries >= self.settings.max_attempts:
+            return await self._fail(failure.code, f"gave up after {tries} attempts: {failure.message}", True)
+        pause = retry.backoff(tries, failure.retry_after)
         if time.monotonic() + pause >= deadline:
             return await self._fail(
                 ErrorCode.TIMEOUT, f"no time left to retry after: {failure.message}", True
