@@ -55,7 +55,9 @@ class Process:
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
         self.args = args
-        self.process = rankstream(args, {**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.process = rankstream(
+            args, {**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
 
     def alive(self) -> bool:
         return self.process.poll() is None
