@@ -12,9 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
+
+import redis.exceptions
 
 from rankstream import keys
 from rankstream.codes import ErrorCode, RejectReason, Source
@@ -31,6 +34,9 @@ if TYPE_CHECKING:
     from .runtime import Runtime
 
 log = logging.getLogger("rankstream.worker")
+
+TERMINAL_RETRY_FIRST = 0.1  # seconds before writing a terminal event again, doubling
+TERMINAL_RETRY_MAX = 2.0
 
 
 class Ending(StrEnum):
@@ -58,17 +64,26 @@ class _Pending:
 
 @dataclass
 class _Checks:
-    """Which elements may be published: known ids, each once per job."""
+    """Which elements may be published: ids of the catalogue, each once per job.
+
+    A product is marked published only once Redis says it is on the stream, so an item whose
+    publish failed with its attempt is still there for the next one.
+    """
 
     catalogue: dict[str, str]
-    seen: set[str] = field(default_factory=set)
+    published: set[str] = field(default_factory=set)  # on the stream, by any attempt
+    written: set[str] = field(default_factory=set)  # what the LLM wrote in this attempt
+
+    def new_attempt(self) -> None:
+        self.written.clear()
 
     def refuse(self, product_id: str) -> RejectReason | None:
+        """Why the LLM's element must not be published, or None (it may be, unless already is)."""
         if product_id not in self.catalogue:
             return RejectReason.UNKNOWN_ID
-        if product_id in self.seen:
+        if product_id in self.written:
             return RejectReason.DUPLICATE
-        self.seen.add(product_id)
+        self.written.add(product_id)
         return None
 
 
@@ -91,6 +106,7 @@ class Ranking:
         self._pending: list[_Pending] = []
         self._task: asyncio.Task[Result] | None = None
         self._abort: ErrorCode | None = None
+        self._deadline = time.monotonic() + self.settings.job_timeout
 
     # --- the whole job ---------------------------------------------------------------------
 
@@ -125,7 +141,7 @@ class Ranking:
             self._task.cancel()
 
     async def _run(self) -> Result:
-        deadline = time.monotonic() + self.settings.job_timeout
+        deadline = self._deadline
         tries = 0  # counted here too: a START that Redis never answered has no number
         while True:
             tries += 1
@@ -159,6 +175,8 @@ class Ranking:
                 return ended
 
     def _begin(self, attempt: Attempt) -> None:
+        self._pending.clear()  # what a failed attempt left unpublished is the next one's to find
+        self.checks.new_attempt()
         self.attempt = attempt.number
         self.count = max(self.count, attempt.already_published)
         self.report.started(attempt.enqueued_at)
@@ -220,6 +238,8 @@ class Ranking:
         if refused is not None:
             self.report.reject(refused)
             return
+        if product_id in self.checks.published:
+            return  # an earlier attempt published it: the ranking goes on, nothing is wrong
         self.report.first_token(state)
         fields = {"product_name": self.checks.catalogue[product_id], "source": Source.LLM}
         fields.update(result.value.model_dump(exclude={"product_id"}))
@@ -250,11 +270,11 @@ class Ranking:
 
     def _settle(self, item: _Pending, reply: Published | Refused) -> None:
         if isinstance(reply, Published):
+            self.checks.published.add(item.product_id)
             self.count = reply.rank
             self.report.published(reply.rank, item.closed, item.state)
-        elif reply is Refused.DUPLICATE:
-            if item.state is not None:  # an LLM item an earlier attempt of this job published
-                self.report.reject(RejectReason.DUPLICATE)
+        elif reply is Refused.DUPLICATE:  # an earlier attempt (maybe another worker's) published it
+            self.checks.published.add(item.product_id)
         elif reply is Refused.CANCEL_REQUESTED:
             raise Stopped(StopReason.CANCELLED)
         else:
@@ -264,32 +284,52 @@ class Ranking:
         """The LLM left some candidates out: append them in catalogue order, marked `fallback`."""
         now = time.perf_counter()
         for product_id, name in self.checks.catalogue.items():
-            if self.checks.refuse(product_id) is None:
-                self._pending.append(
-                    _Pending(product_id, {"product_name": name, "source": Source.FALLBACK}, now, None)
-                )
+            if product_id not in self.checks.published:
+                fields = {"product_name": name, "source": Source.FALLBACK}
+                self._pending.append(_Pending(product_id, fields, now, None))
         await self._flush()
 
     # --- the terminal event ------------------------------------------------------------------
 
     async def _done(self) -> Result:
-        started, first_item = await self.publisher.moments()
-        rejected = {reason: count for reason, count in self.report.rejected.items()}
-        done = Done(
-            count=self.count,
-            rejected=rejected,
-            timings=self.report.timings(started, first_item),
-            usage=self.report.usage,
-        )
-        if not await self.publisher.done(done):
+        async def write() -> bool:
+            started, first_item = await self.publisher.moments()
+            timings = self.report.timings(started, first_item)
+            done = Done(
+                count=self.count,
+                rejected=dict(self.report.rejected),
+                timings=timings,
+                usage=self.report.usage,
+            )
+            return await self.publisher.done(done)
+
+        if not await self._terminal(write):
             return Result(Ending.SKIPPED)
         return Result(Ending.DONE, self.count)
 
     async def _fail(self, code: ErrorCode, message: str, retryable: bool) -> Result:
         failed = Failed(code=code, message=message, retryable=retryable, attempt=self.attempt)
-        try:
-            wrote = await asyncio.shield(self.publisher.error(failed))
-        except Exception:
-            log.exception("job %s: could not publish its error event", self.job_id)
-            wrote = False
+        wrote = await asyncio.shield(self._terminal(lambda: self.publisher.error(failed)))
         return Result(Ending.ERROR if wrote else Ending.SKIPPED, self.count, failed)
+
+    async def _terminal(self, write: Callable[[], Awaitable[bool]]) -> bool:
+        """Write the terminal event, waiting out a Redis outage: a stream must not be left open.
+
+        Tries until the job's deadline, and at least RANKSTREAM_LEASE_SECONDS; False if another
+        writer had ended the job, or Redis never came back (then it is logged).
+        """
+        give_up = max(self._deadline, time.monotonic() + self.settings.lease_seconds)
+        pause = TERMINAL_RETRY_FIRST
+        while True:
+            try:
+                return await write()
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                if time.monotonic() + pause > give_up:
+                    log.error("job %s: Redis never took its terminal event: %s", self.job_id, exc)
+                    return False
+                log.warning("job %s: Redis refused its terminal event (%s); trying again", self.job_id, exc)
+            except Exception:
+                log.exception("job %s: could not publish its terminal event", self.job_id)
+                return False
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, TERMINAL_RETRY_MAX)

@@ -1,47 +1,50 @@
-"""The LLM simulator behind TLS, with a certificate from a throw-away CA."""
+"""Certificates for a Redis behind TLS, from throw-away trustme CAs, as files redis-server reads."""
 
 from __future__ import annotations
 
-import ssl
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import trustme
-import uvicorn
-from conftest import wait_for
 
-from rankstream.dev.redis_server import free_port
-from rankstream.simulator import SimConfig, create_app
+from rankstream.dev.redis_server import TLSFiles
 
 
-@contextmanager
-def tls_simulator(folder: Path) -> Iterator[tuple[str, ssl.SSLContext]]:
-    """(base URL on https://localhost, an SSL context that trusts its certificate)."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    certfile, keyfile = folder / "cert.pem", folder / "key.pem"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
-    cert.private_key_pem.write_to_path(str(keyfile))
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(SimConfig(ttft=0.01, tokens_per_second=2000)),
-        host="127.0.0.1",
-        port=port,
-        ssl_certfile=str(certfile),
-        ssl_keyfile=str(keyfile),
-        log_level="warning",
-        lifespan="off",
+@dataclass(frozen=True, slots=True)
+class Certificates:
+    """The test CA, the server's pair (127.0.0.1 and localhost), a client's pair from the same CA,
+    and a second CA that signed none of them."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    other_ca: Path
+
+    def server(self, client_certs: Literal["no", "optional", "yes"] = "optional") -> TLSFiles:
+        """What `RedisServer(tls=...)` needs; `client_certs` is redis-server's tls-auth-clients."""
+        return TLSFiles(self.server_cert, self.server_key, self.ca, client_certs)
+
+
+def make_certificates(folder: Path) -> Certificates:
+    """Write a fresh set of certificates into `folder` (PEM files)."""
+    ca, other = trustme.CA(), trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    client = ca.issue_cert("rankstream-worker@example.invalid")
+    files = Certificates(
+        ca=folder / "ca.pem",
+        server_cert=folder / "server.pem",
+        server_key=folder / "server-key.pem",
+        client_cert=folder / "client.pem",
+        client_key=folder / "client-key.pem",
+        other_ca=folder / "other-ca.pem",
     )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, 10, "the TLS simulator")
-    trusted = ssl.create_default_context()
-    ca.configure_trust(trusted)
-    try:
-        yield f"https://localhost:{port}/v1", trusted
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    ca.cert_pem.write_to_path(str(files.ca))
+    server.private_key_and_cert_chain_pem.write_to_path(str(files.server_cert))
+    server.private_key_pem.write_to_path(str(files.server_key))
+    client.private_key_and_cert_chain_pem.write_to_path(str(files.client_cert))
+    client.private_key_pem.write_to_path(str(files.client_key))
+    other.cert_pem.write_to_path(str(files.other_ca))
+    return files
