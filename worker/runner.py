@@ -25,6 +25,11 @@ from .runtime import Runtime
 
 log = logging.getLogger("rankstream.worker")
 
+TLS_HINT = (
+    " (the TLS handshake failed: check ssl_ca_certs, and ssl_certfile/ssl_keyfile if the server"
+    " requires client certificates)"
+)
+
 
 class RankingWorker(SimpleWorker):
     job_class = GuardedJob
@@ -47,9 +52,9 @@ def _check_redis(runtime: Runtime, connection: redis.Redis) -> None:
         connection.ping()
         runtime.submit(_ping(runtime)).result()
     except redis.RedisError as exc:
-        raise RedisUnavailable(
-            f"cannot use REDIS_URL ({redacted(runtime.settings.redis_address)}): {exc}"
-        ) from None
+        url = runtime.settings.redis_address
+        hint = TLS_HINT if url.startswith("rediss://") and ("SSL" in str(exc) or "EOF" in str(exc)) else ""
+        raise RedisUnavailable(f"cannot use REDIS_URL ({redacted(url)}): {exc}{hint}") from None
 
 
 def run_worker(settings: Settings, *, burst: bool = False) -> bool:
