@@ -172,6 +172,7 @@ class TestRefusedAtStart:
         assert result.returncode != 0
         said = result.stdout + result.stderr
         assert "rankstream worker: cannot use REDIS_URL" in said and "Traceback" not in said, said
+        assert "ssl_certfile" in said  # it says what to check
         admin = mtls_server.client()
         assert Worker.count(connection=admin) == 0
         admin.close()
