@@ -43,7 +43,7 @@ def state(job_id: str) -> str:
 
 def published(job_id: str) -> str:
     """Hash product_id -> "attempt:rank" of what is on the stream: at most once per job, across retries."""
-    return f"{PREFIX}:{{{job_id}}}:published"
+    return f"{PREFIX}:{{{job_id}}}:ranks"  # not ":published", a set in versions before 0.2
 
 
 def job_keys(job_id: str) -> list[str]:

@@ -17,7 +17,7 @@ CANCEL = "cancel"  # cancel was asked; nothing more is published
 DUPLICATE = "duplicate"  # an earlier attempt published this product_id
 
 # ARGV: ttl, job_id, model, now, token (unique per call site and attempt).
-# Returns {attempt, already_published, enqueued_at}, or {ENDED} / {CANCEL}.
+# Returns {attempt, {product_ids already published}, enqueued_at}, or {ENDED} / {CANCEL}.
 START = f"""
 if redis.call('HEXISTS', KEYS[1], 'terminal') == 1 then return {{'{ENDED}'}} end
 if redis.call('HGET', KEYS[1], 'cancel') == '1' then return {{'{CANCEL}'}} end
@@ -33,7 +33,7 @@ else
   redis.call('XADD', KEYS[2], '*', 'type', 'started', 'data', data)
   for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[1]) end
 end
-return {{attempt, redis.call('HLEN', KEYS[3]), redis.call('HGET', KEYS[1], 'enqueued_at') or ''}}
+return {{attempt, redis.call('HKEYS', KEYS[3]), redis.call('HGET', KEYS[1], 'enqueued_at') or ''}}
 """
 
 # ARGV: product_id, the item's JSON object without its opening brace, ttl, now, attempt.

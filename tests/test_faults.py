@@ -6,15 +6,20 @@ request(s) through the simulator's /sim/faults.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
 from conftest import Simulator, WorkerProcess, finished_stream, make_settings
+from rq import Queue
+from rq.job import Job
 
 from producer import enqueue
+from rankstream import keys, scripts
 from rankstream.dev import example
+from rankstream.queue import SERIALIZER, ranking_queue
 from rankstream.settings import Settings
 
 
@@ -127,6 +132,44 @@ class TestLLMFailuresAreRetried:
         assert error["type"] == "error"
         assert error["code"] == "llm_unavailable" and error["retryable"] is True and error["attempt"] == 3
         assert not items(stream)
+
+
+class TestARetryContinuesTheRanking:
+    def test_the_retry_asks_only_for_the_candidates_not_yet_published(self, run: Any, sim: Simulator) -> None:
+        asked_before = len(sim.requests())
+        stream = run("disconnect")
+
+        first, second = (r["candidates"] for r in sim.requests()[asked_before:])
+        retry_at = [n for n, e in enumerate(stream) if e["type"] == "started"][1]
+        before_retry = {e["product_id"] for e in stream[:retry_at] if e["type"] == "item"}
+        assert first == [str(n) for n in range(1, 11)]
+        assert before_retry and second == [p for p in first if p not in before_retry]
+        assert stream[-1]["rejected"]["duplicate"] == 0  # the earlier attempt's products are no rejects
+        assert_complete_ranking(stream)
+
+    def test_top_k_reached_by_an_earlier_attempt_ends_the_job_without_asking_again(
+        self, fault_worker: WorkerProcess, fault_settings: Settings, sim: Simulator, connection: redis.Redis
+    ) -> None:
+        # Another worker's attempt published two items and died: the job is taken up again.
+        queue = Queue(f"{fault_settings.queue}-parked", connection=connection, serializer=SERIALIZER)
+        parked = fault_settings.model_copy(update={"queue": queue.name})
+        handle = enqueue(example.example_request(top_k=2), settings=parked)
+        publish = connection.register_script(scripts.PUBLISH_ITEM)
+        for rank, product_id in enumerate(("3", "1"), 1):
+            body = f'"product_id":"{product_id}","product_name":"p","source":"llm"}}'
+            assert publish(
+                keys=keys.job_keys(handle.job_id), args=[product_id, body, 60, time.time(), 1]
+            ) == [rank]
+        asked_before = len(sim.requests())
+
+        queue.remove(handle.job_id)
+        ranking_queue(connection, fault_settings).enqueue_job(
+            Job.fetch(handle.job_id, connection=connection, serializer=SERIALIZER)
+        )
+        stream = finished_stream(connection, handle.job_id)
+
+        assert len(sim.requests()) == asked_before
+        assert stream[-1]["type"] == "done" and stream[-1]["count"] == 2
 
 
 class TestDeadlines:

@@ -38,7 +38,7 @@ class TestRetriedCalls:
         again = start(keys=job_keys, args=[60, job_id, "m", 2.0, "token:1"])
         second = start(keys=job_keys, args=[60, job_id, "m", 3.0, "token:2"])
 
-        assert first == again == [1, 0, b"1.0"]
+        assert first == again == [1, [], b"1.0"]
         assert second[0] == 2
         assert entries(connection, job_id) == [b"started", b"started"]
 
@@ -87,7 +87,7 @@ class TestPublisher:
                 await client.aclose()
 
         attempt, many, one, late, restart = asyncio.run(run())
-        assert attempt == Attempt(number=1, already_published=0, enqueued_at=1.0)
+        assert attempt == Attempt(number=1, published=frozenset(), enqueued_at=1.0)
         assert many == [Published(rank) for rank in range(1, 6)]
         assert one == [Published(1)]  # the same attempt sent it again: its rank, not a second entry
         assert late == [Refused.JOB_ENDED] and restart is Refused.JOB_ENDED

@@ -28,8 +28,6 @@ from .publish import Publisher
 from .ranking import Ending, Ranking, Result
 from .runtime import Runtime
 
-ABORT_GRACE_SECONDS = 5.0
-
 
 def rank(request: dict[str, Any]) -> dict[str, Any]:
     """RQ entry point: run one ranking job to its terminal event."""
@@ -47,6 +45,8 @@ def rank(request: dict[str, Any]) -> dict[str, Any]:
     result = running.wait()
     if result.ending is Ending.ERROR and result.error is not None:
         raise JobFailed(result.error.code, result.error.message, retryable=result.error.retryable)
+    if result.ending is Ending.LOST:  # RQ must not call it a success: the stream has no end
+        raise JobFailed(ErrorCode.INTERNAL, "Redis never took the job's terminal event", retryable=True)
     return {"outcome": str(result.ending), "count": result.count}
 
 
@@ -92,9 +92,10 @@ class Running:
             raise
 
     def abort(self, code: ErrorCode) -> None:
+        """Stop the ranking and wait for its terminal event, up to the lease: then we leave anyway."""
         self.ranking.runtime.loop.call_soon_threadsafe(self.ranking.abort, code)
-        with contextlib.suppress(BaseException):  # it ends on its own terms, or we leave anyway
-            self.future.result(timeout=ABORT_GRACE_SECONDS)
+        with contextlib.suppress(BaseException):
+            self.future.result(timeout=self.ranking.settings.lease_seconds)
 
 
 def _refuse(runtime: Runtime, job_id: str, exc: ValidationError) -> None:

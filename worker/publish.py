@@ -39,7 +39,7 @@ class Attempt:
     """START's answer when the attempt may run."""
 
     number: int  # 1-based, counted in Redis across workers
-    already_published: int  # items earlier attempts put on the stream
+    published: frozenset[str]  # product_ids earlier attempts put on the stream
     enqueued_at: float | None
 
 
@@ -87,7 +87,8 @@ class Publisher:
             return Refused(_text(reply[0]))
         number, published, enqueued = reply
         self._number = int(number)
-        return Attempt(int(number), int(published), float(enqueued) if enqueued else None)
+        ids = frozenset(_text(product_id) for product_id in published)
+        return Attempt(int(number), ids, float(enqueued) if enqueued else None)
 
     async def publish(self, items: Sequence[tuple[str, dict[str, Any]]]) -> list[Published | Refused]:
         """Publish items in order (one round trip for all); each answer says its rank or why not."""
@@ -125,7 +126,9 @@ class Publisher:
 
     async def _finish(self, event_type: EventType, data: str) -> bool:
         """True if this job run wrote the job's terminal event (false: another writer had)."""
-        args: list[str | int] = [str(event_type), data, self._ttl, repr(time.time()), self._token]
+        # One token per type: a `done` this run wrote is no reason to report its `error` as written.
+        token = f"{self._token}:{event_type}"
+        args: list[str | int] = [str(event_type), data, self._ttl, repr(time.time()), token]
         entry = await self._scripts.finish(keys=self._keys, args=args)
         if entry is not None and self._request_key is not None:
             # Its own slot on a cluster, so not in the script: the request_id lives as long as the stream.

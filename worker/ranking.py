@@ -43,6 +43,7 @@ class Ending(StrEnum):
     DONE = "done"
     ERROR = "error"
     SKIPPED = "skipped"  # another writer had already ended the job: nothing written here
+    LOST = "lost"  # Redis never took the terminal event: the stream is left open (logged)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +78,8 @@ class _Checks:
     def new_attempt(self) -> None:
         self.written.clear()
 
-    def refuse(self, product_id: str) -> RejectReason | None:
-        """Why the LLM's element must not be published, or None (it may be, unless already is)."""
+    def screen(self, product_id: str) -> RejectReason | None:
+        """Why the LLM's element must not be published, or None; notes it as written this attempt."""
         if product_id not in self.catalogue:
             return RejectReason.UNKNOWN_ID
         if product_id in self.written:
@@ -116,6 +117,8 @@ class Ranking:
         started = time.monotonic()
         metrics.jobs_in_progress.inc()
         try:
+            if self._abort is not None:
+                raise asyncio.CancelledError  # stopped before it began
             result = await self._run()
         except asyncio.CancelledError:  # stopped from outside: RQ's timeout, a shutdown
             task.uncancel()  # the stop is handled here; the terminal write must not see it
@@ -129,15 +132,15 @@ class Ranking:
             metrics.jobs_in_progress.dec()
             metrics.job_duration.observe(time.monotonic() - started)
         if result.ending is Ending.DONE:
-            metrics.jobs.labels("done").inc()
+            metrics.jobs.labels(Ending.DONE).inc()
         elif result.error is not None and result.ending is Ending.ERROR:
             metrics.jobs.labels(result.error.code).inc()
         return result
 
     def abort(self, code: ErrorCode) -> None:
         """End the job from outside its task, with `code` (call on the loop's thread)."""
+        self._abort = self._abort or code  # noted even before the task's first step: run() checks it
         if self._task is not None and not self._task.done():
-            self._abort = self._abort or code
             self._task.cancel()
 
     async def _run(self) -> Result:
@@ -153,7 +156,10 @@ class Ranking:
                     return await self._fail(ErrorCode.CANCELLED, "cancelled before the job started", False)
                 assert isinstance(attempt, Attempt)
                 self._begin(attempt)
-                await self._attempt(deadline)
+                chat = self._chat_for_what_is_left()
+                if chat is None:  # earlier attempts published all there is to ask for
+                    return await self._done()
+                await self._attempt(deadline, chat)
             except Stopped as stop:
                 if stop.reason is StopReason.JOB_ENDED:
                     return Result(Ending.SKIPPED)
@@ -177,9 +183,25 @@ class Ranking:
     def _begin(self, attempt: Attempt) -> None:
         self._pending.clear()  # what a failed attempt left unpublished is the next one's to find
         self.checks.new_attempt()
+        self.checks.published.update(attempt.published)
         self.attempt = attempt.number
-        self.count = max(self.count, attempt.already_published)
+        self.count = max(self.count, len(attempt.published))
         self.report.started(attempt.enqueued_at)
+
+    def _chat_for_what_is_left(self) -> dict[str, Any] | None:
+        """The LLM request for the candidates not yet published, or None when none is wanted.
+
+        A retry continues the ranking: the LLM is not asked (and not paid) to write again what
+        an earlier attempt already put on the stream.
+        """
+        wanted = None if self.request.top_k is None else self.request.top_k - self.count
+        left = [p for p in self.request.products if p.product_id not in self.checks.published]
+        if not left or (wanted is not None and wanted <= 0):
+            return None
+        if len(left) == len(self.request.products):
+            return self.chat
+        rest = self.request.model_copy(update={"products": left, "top_k": wanted})
+        return prompt.chat_request(rest, self.model)
 
     async def _retry_or_fail(self, failure: retry.Failure, tries: int, deadline: float) -> Result | None:
         """Sleep before the next attempt (None), or the result if the job must end here."""
@@ -201,11 +223,11 @@ class Ranking:
 
     # --- one attempt: one LLM stream ---------------------------------------------------------
 
-    async def _attempt(self, deadline: float) -> None:
+    async def _attempt(self, deadline: float, chat: dict[str, Any]) -> None:
         extractor = ItemExtractor(Recommendation)
         task = asyncio.current_task()
         assert task is not None
-        async with stream_deltas(self.runtime.llm, self.chat) as (state, batches):
+        async with stream_deltas(self.runtime.llm, chat) as (state, batches):
             watchdog = Watchdog(self.settings, deadline, state, self.publisher.cancel_requested)
             watchdog.start(task)
             try:
@@ -216,8 +238,8 @@ class Ranking:
                     if self._pending and await self._flush_watched(watchdog):
                         return  # top_k reached: leaving the block closes the stream
             except asyncio.CancelledError:
-                if watchdog.reason is None:
-                    raise  # not ours: the whole job is being stopped
+                if watchdog.reason is None or self._abort is not None:
+                    raise  # not (only) the watchdog's: the whole job is being stopped
                 task.uncancel()
                 raise Stopped(watchdog.reason) from None
             finally:
@@ -234,7 +256,7 @@ class Ranking:
             self.report.reject(RejectReason(result.reason))
             return
         product_id = result.value.product_id
-        refused = self.checks.refuse(product_id)
+        refused = self.checks.screen(product_id)
         if refused is not None:
             self.report.reject(refused)
             return
@@ -271,7 +293,7 @@ class Ranking:
     def _settle(self, item: _Pending, reply: Published | Refused) -> None:
         if isinstance(reply, Published):
             self.checks.published.add(item.product_id)
-            self.count = reply.rank
+            self.count = max(self.count, reply.rank)
             self.report.published(reply.rank, item.closed, item.state)
         elif reply is Refused.DUPLICATE:  # an earlier attempt (maybe another worker's) published it
             self.checks.published.add(item.product_id)
@@ -303,33 +325,31 @@ class Ranking:
             )
             return await self.publisher.done(done)
 
-        if not await self._terminal(write):
-            return Result(Ending.SKIPPED)
-        return Result(Ending.DONE, self.count)
+        return Result(await self._terminal(Ending.DONE, write), self.count)
 
     async def _fail(self, code: ErrorCode, message: str, retryable: bool) -> Result:
         failed = Failed(code=code, message=message, retryable=retryable, attempt=self.attempt)
-        wrote = await asyncio.shield(self._terminal(lambda: self.publisher.error(failed)))
-        return Result(Ending.ERROR if wrote else Ending.SKIPPED, self.count, failed)
+        ending = await asyncio.shield(self._terminal(Ending.ERROR, lambda: self.publisher.error(failed)))
+        return Result(ending, self.count, failed)
 
-    async def _terminal(self, write: Callable[[], Awaitable[bool]]) -> bool:
+    async def _terminal(self, ending: Ending, write: Callable[[], Awaitable[bool]]) -> Ending:
         """Write the terminal event, waiting out a Redis outage: a stream must not be left open.
 
-        Tries until the job's deadline, and at least RANKSTREAM_LEASE_SECONDS; False if another
-        writer had ended the job, or Redis never came back (then it is logged).
+        Tries until the job's deadline, and at least RANKSTREAM_LEASE_SECONDS. Answers `ending`
+        when written, SKIPPED when another writer had ended the job, LOST when Redis never took it.
         """
         give_up = max(self._deadline, time.monotonic() + self.settings.lease_seconds)
         pause = TERMINAL_RETRY_FIRST
         while True:
             try:
-                return await write()
+                return ending if await write() else Ending.SKIPPED
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                 if time.monotonic() + pause > give_up:
                     log.error("job %s: Redis never took its terminal event: %s", self.job_id, exc)
-                    return False
+                    return Ending.LOST
                 log.warning("job %s: Redis refused its terminal event (%s); trying again", self.job_id, exc)
             except Exception:
                 log.exception("job %s: could not publish its terminal event", self.job_id)
-                return False
+                return Ending.LOST
             await asyncio.sleep(pause)
             pause = min(pause * 2, TERMINAL_RETRY_MAX)

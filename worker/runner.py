@@ -13,7 +13,7 @@ import redis
 from rq import Queue, SimpleWorker
 from rq.job import Job
 
-from rankstream.connections import redacted
+from rankstream.connections import connect, redacted
 from rankstream.exceptions import RedisUnavailable
 from rankstream.queue import SERIALIZER, ranking_queue, rq_connection
 from rankstream.settings import Settings
@@ -72,7 +72,8 @@ def run_worker(settings: Settings, *, burst: bool = False) -> bool:
         raise
     Runtime.install(runtime)
     if settings.metrics_port:
-        serve_metrics(settings.metrics_host, settings.metrics_port, connection, settings)
+        # Not RQ's client: RQ stretches its socket timeout to its long blocking reads.
+        serve_metrics(settings.metrics_host, settings.metrics_port, connect(settings), settings)
     worker = RankingWorker(
         [ranking_queue(connection, settings)],
         connection=connection,

@@ -89,8 +89,9 @@ class Watchdog:
 
     async def _poll_cancel(self) -> bool:
         # A Redis hiccup must not end the watch: the deadlines still hold, and the next poll retries.
-        try:
-            return await self._cancel_requested()
+        try:  # bounded: a stalled Redis must not hold up the deadlines this task keeps
+            async with asyncio.timeout(CANCEL_POLL_SECONDS):
+                return await self._cancel_requested()
         except Exception as exc:
             log.warning("could not read the cancel flag: %s", exc)
             return False

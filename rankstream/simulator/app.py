@@ -75,7 +75,9 @@ async def _chat_completions(request: Request, state: _State) -> Response:
         return body
     fault = state.faults.take()
     plan = make_plan(body, state.config, fault, started)
-    record = Record(plan.id, plan.model, plan.stream, fault, received_at, tokens_planned=len(plan.tokens))
+    record = Record(
+        plan.id, plan.model, plan.stream, fault, received_at, tokens_planned=len(plan.tokens), candidates=plan.candidates
+    )
     state.log.append(record)
     refusal = refusal_for(fault)
     if refusal is not None:

@@ -37,6 +37,7 @@ class Plan:
     started: float  # event-loop clock at the request's arrival
     ttft: float
     tokens_per_second: float
+    candidates: list[str]  # the product_ids the prompt offered, in its order
 
     def usage(self, completion_tokens: int) -> dict[str, int]:
         total = self.prompt_tokens + completion_tokens
@@ -83,4 +84,5 @@ def make_plan(body: Mapping[str, Any], config: SimConfig, fault: str, started: f
         started=started,
         ttft=config.ttft,
         tokens_per_second=config.tokens_per_second,
+        candidates=[c.product_id for c in candidates],
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 REQUEST_LOG_SIZE = 1000
 
@@ -15,6 +15,7 @@ class Record:
     `first_token_at`: when the first token went out (unstreamed: when the answer did).
     `completed`: the whole response went out (a 429/500 fault's error body counts).
     `client_closed`: the client went away before that; generation stopped there.
+    `candidates`: the product_ids the prompt offered, in its order.
     A `disconnect` fault leaves both false: the simulator dropped the connection itself.
     """
 
@@ -29,6 +30,7 @@ class Record:
     tokens_sent: int = 0
     completed: bool = False
     client_closed: bool = False
+    candidates: list[str] = field(default_factory=list)
 
     def finish(self, *, completed: bool = False, client_closed: bool = False) -> None:
         """Set the outcome and its time together, so a reader of the log never sees one without the other."""
