@@ -6,20 +6,17 @@ import os
 import statistics
 import subprocess
 import sys
-import time
+import tempfile
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import httpx
-import redis
-from rq import Worker
 
-from rankstream.dev.processes import stop
+from rankstream.dev.processes import rankstream, stop, wait_for, wait_for_worker
 from rankstream.dev.redis_server import RedisServer, free_port
-from rankstream.queue import ranking_queue
 from rankstream.settings import Settings
 
 
@@ -42,17 +39,6 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[index]
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout}s for {what}")
-        time.sleep(0.005)
-
-
 @contextmanager
 def redis_server() -> Iterator[str]:
     with RedisServer() as server:
@@ -60,30 +46,55 @@ def redis_server() -> Iterator[str]:
 
 
 @contextmanager
-def child(args: list[str], env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen(
-        [sys.executable, *args],
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        yield process
-    finally:
-        stop(process)
+def child(args: list[str], env: dict[str, str] | None = None, module: str | None = None) -> Iterator[Process]:
+    """`rankstream ARGS` (or `python -m MODULE ARGS`) as a child process, stopped on exit.
+
+    Started and stopped by the same helpers as the tests' and the demo's processes
+    (rankstream.dev.processes); its stderr goes to a file, quoted if it dies early.
+    """
+    full_env = {**os.environ, **(env or {})}
+    with tempfile.TemporaryFile() as log:
+        popen: dict[str, Any] = {"stdout": subprocess.DEVNULL, "stderr": log}
+        if module is None:
+            process = rankstream(args, full_env, **popen)
+        else:
+            process = subprocess.Popen([sys.executable, "-m", module, *args], env=full_env, **popen)
+        try:
+            yield Process(process, log)
+        finally:
+            stop(process)
+
+
+@dataclass
+class Process:
+    popen: subprocess.Popen[bytes]
+    log: IO[bytes]
+
+    def died(self) -> RuntimeError:
+        self.log.seek(0)
+        tail = self.log.read().decode(errors="replace")[-2000:]
+        return RuntimeError(f"child exited with status {self.popen.returncode}: {tail}")
 
 
 @contextmanager
 def simulator(ttft: float = 0.0, tokens_per_second: float = 1e9) -> Iterator[str]:
     """The LLM simulator in a process of its own (its CPU is not the worker's); yields its base URL."""
     port = free_port()
-    args = ["-m", "rankstream", "llm-sim", "--port", str(port), "--ttft", str(ttft)]
-    with child([*args, "--tokens-per-second", str(tokens_per_second)]) as process:
+    args = [
+        "llm-sim",
+        "--port",
+        str(port),
+        "--ttft",
+        str(ttft),
+        "--tokens-per-second",
+        str(tokens_per_second),
+    ]
+    with child(args) as process:
         url = f"http://127.0.0.1:{port}"
 
         def up() -> bool:
-            if process.poll() is not None:
-                raise RuntimeError("the simulator exited")
+            if process.popen.poll() is not None:
+                raise process.died()
             try:
                 return httpx.get(f"{url}/v1/models", timeout=1).status_code == 200
             except httpx.TransportError:
@@ -94,19 +105,18 @@ def simulator(ttft: float = 0.0, tokens_per_second: float = 1e9) -> Iterator[str
 
 
 @contextmanager
-def worker_on_own_queue(redis_url: str, llm_url: str, args: list[str], **env: str) -> Iterator[Settings]:
-    """A worker process (`args`) on a fresh queue, registered with RQ; yields the queue's settings."""
+def worker_on_own_queue(
+    redis_url: str, llm_url: str, args: list[str], module: str | None = None, **env: str
+) -> Iterator[Settings]:
+    """A worker process (`rankstream ARGS`, or `python -m MODULE ARGS`) on a fresh queue,
+    registered with RQ; yields the queue's settings."""
     settings = Settings.model_validate({"redis_url": redis_url, "queue": f"bench-{uuid.uuid4().hex[:8]}"})
     env = {"REDIS_URL": redis_url, "OPENAI_BASE_URL": llm_url, "RANKSTREAM_QUEUE": settings.queue, **env}
-    with child(args, env) as process:
-        queue = ranking_queue(redis.Redis.from_url(redis_url), settings)
-
-        def registered() -> bool:
-            if process.poll() is not None:
-                raise RuntimeError(f"the worker exited with status {process.returncode}")
-            return Worker.count(queue=queue) > 0
-
-        wait_for(registered, 30, "the worker")
+    with child(args, env, module) as process:
+        try:
+            wait_for_worker(settings, process.popen)
+        except RuntimeError:
+            raise process.died() from None
         yield settings
 
 

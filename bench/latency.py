@@ -111,7 +111,7 @@ def worker_latencies(redis_url: str, jobs: int) -> list[float]:
     latencies: list[float] = []
     request = catalogue_request(ITEMS)
     llm_url = f"http://127.0.0.1:{emitter.port}/v1"
-    args = ["-m", "rankstream", "worker", "--metrics-port", "0"]
+    args = ["worker", "--metrics-port", "0"]
     with worker_on_own_queue(redis_url, llm_url, args, RANKSTREAM_FALLBACK="false") as settings:
         for _ in range(jobs):
             subscriber = _subscriber(redis_url, ITEMS + 2)

@@ -16,14 +16,16 @@ from rankstream.queue import SERIALIZER
 
 from .common import Row, catalogue_request, percentile, wait_for, worker_on_own_queue
 
-WORKERS = {
-    "SimpleWorker (rankstream worker)": ["-m", "rankstream", "worker", "--metrics-port", "0"],
-    "Worker (fork per job)": ["-m", "bench.fork_worker"],
+WORKERS: dict[str, tuple[str | None, list[str]]] = {  # (module, args); no module: `rankstream ARGS`
+    "SimpleWorker (rankstream worker)": (None, ["worker", "--metrics-port", "0"]),
+    "Worker (fork per job)": ("bench.fork_worker", []),
 }
 
 
 def measure(redis_url: str, llm_url: str, jobs: int) -> list[Row]:
-    results = {name: _pickups(redis_url, llm_url, args, jobs) for name, args in WORKERS.items()}
+    results = {
+        name: _pickups(redis_url, llm_url, module, args, jobs) for name, (module, args) in WORKERS.items()
+    }
     simple, fork = results.values()
     rows = []
     for q in (50, 99):
@@ -40,10 +42,10 @@ def measure(redis_url: str, llm_url: str, jobs: int) -> list[Row]:
     return rows
 
 
-def _pickups(redis_url: str, llm_url: str, args: list[str], jobs: int) -> list[float]:
+def _pickups(redis_url: str, llm_url: str, module: str | None, args: list[str], jobs: int) -> list[float]:
     connection = redis.Redis.from_url(redis_url)
     request = catalogue_request(10)
-    with worker_on_own_queue(redis_url, llm_url, args) as settings:
+    with worker_on_own_queue(redis_url, llm_url, args, module) as settings:
         samples = []
         for n in range(jobs + 3):
             handle = enqueue(request, settings=settings, connection=connection)

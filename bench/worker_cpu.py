@@ -5,7 +5,7 @@ Both sides read the same simulated stream (the simulator in its own process, no 
 real Redis; CPU is this process's `time.process_time()` (all threads) over the whole stream,
 divided by the chunks the simulator sent.
 
-- rankstream: the worker's own job coroutine (`worker.job.Ranking`) on its runtime: raw SSE
+- rankstream: the worker's own job coroutine (`worker.ranking.Ranking`) on its runtime: raw SSE
   bytes, the extractor, catalogue checks, the publisher's Lua step per item, metrics;
 - openai SDK + instructor: `chat.completions.create(stream=True)` (a pydantic object per
   chunk), instructor's `Iterable` parser over the content deltas, an XADD per item;
@@ -30,10 +30,11 @@ import openai
 import redis
 from instructor import IterableModel
 
+from rankstream import keys
 from rankstream.models import RankingRequest, Recommendation
 from rankstream.settings import Settings
-from worker.job import Ranking
 from worker.prompt import chat_request
+from worker.ranking import Ending, Ranking
 from worker.runtime import Runtime
 
 from .common import Row, catalogue_request
@@ -47,11 +48,11 @@ def _chunks_sent(llm_url: str) -> int:
 
 
 def rankstream_cpu(runtime: Runtime, request: RankingRequest, llm_url: str) -> float:
-    job = Ranking(runtime, uuid.uuid4().hex, request)
+    job = Ranking(runtime, keys.new_job_id(), request)
     start = time.process_time()
-    outcome = runtime.submit(job.run()).result()
+    result = runtime.submit(job.run()).result()
     cpu = time.process_time() - start
-    assert outcome.code == "done", outcome
+    assert result.ending is Ending.DONE, result
     return cpu / _chunks_sent(llm_url)
 
 
@@ -114,8 +115,10 @@ def floor_cpu(request: RankingRequest, llm_url: str) -> float:
 
 def measure(redis_url: str, llm_url: str, runs: int, pace: str) -> list[Row]:
     request = RankingRequest.model_validate(catalogue_request(PRODUCTS))
-    settings = Settings.model_validate({"redis_url": redis_url, "fallback": False})
-    runtime = Runtime(settings, llm_url)
+    settings = Settings.model_validate(
+        {"redis_url": redis_url, "fallback": False, "openai_base_url": llm_url}
+    )
+    runtime = Runtime(settings)
     client = openai.OpenAI(base_url=llm_url, api_key="unused", max_retries=0)
     connection = redis.Redis.from_url(redis_url)
     samples: dict[str, list[float]] = {"ours": [], "sdk+instructor": [], "sdk": [], "floor": []}
