@@ -14,6 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from .connections import check_redis_url
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+# Jobs one worker process runs at once; chosen by measurement (docs/PERFORMANCE.md, section 7).
+DEFAULT_CONCURRENCY = 100
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
@@ -36,7 +38,8 @@ class Settings(BaseSettings):
     job_timeout: float = Field(default=300.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
     lease_seconds: float = Field(default=30.0, gt=0, le=60)
-    concurrency: int = Field(default=1, ge=1, le=1)
+    concurrency: int = Field(default=DEFAULT_CONCURRENCY, ge=1, le=1000)
+    shutdown_grace: float = Field(default=30.0, ge=0)
     fallback: bool = True
     redis_timeout: float = Field(default=5.0, gt=0)
 

@@ -58,6 +58,7 @@ items_rejected = Counter("rankstream_items_rejected", "Items the worker refused,
 llm_retries = Counter("rankstream_llm_retries", "LLM calls retried, by cause.", ["cause"])
 llm_tokens = Counter("rankstream_llm_tokens", "LLM tokens, by kind (prompt or completion).", ["kind"])
 jobs_in_progress = Gauge("rankstream_jobs_in_progress", "Jobs this worker is running now.")
+worker_slots = Gauge("rankstream_worker_slots", "Jobs this worker may run at once (RANKSTREAM_CONCURRENCY).")
 
 for _outcome in OUTCOMES:
     jobs.labels(_outcome)

@@ -1,8 +1,8 @@
-"""`rankstream worker`: an RQ worker that runs ranking jobs and serves /metrics.
+"""`rankstream worker`: check what the worker needs, then run the RQ worker and serve /metrics.
 
-It is a plain RQ SimpleWorker underneath (so `rq info` sees it): jobs run in the worker
-process, next to the shared runtime (event loop, LLM connection pool, Redis pool), instead of
-in a forked child per job that would start every LLM connection cold.
+Jobs run in the worker process, next to the shared runtime (event loop, LLM connection pool,
+Redis pool), many at once (worker/rq_worker.py), instead of in a forked child per job that would
+start every LLM connection cold.
 """
 
 from __future__ import annotations
@@ -10,17 +10,14 @@ from __future__ import annotations
 import logging
 
 import redis
-from rq import Queue, SimpleWorker
-from rq.job import Job
 
 from rankstream.connections import connect, redacted
 from rankstream.exceptions import RedisUnavailable
 from rankstream.queue import SERIALIZER, ranking_queue, rq_connection
 from rankstream.settings import Settings
 
-from .guard import GuardedJob
-from .job import abandon, begin
 from .metrics import serve_metrics
+from .rq_worker import RankingWorker
 from .runtime import Runtime
 
 log = logging.getLogger("rankstream.worker")
@@ -29,17 +26,6 @@ TLS_HINT = (
     " (the TLS handshake failed: check ssl_ca_certs, and ssl_certfile/ssl_keyfile if the server"
     " requires client certificates)"
 )
-
-
-class RankingWorker(SimpleWorker):
-    job_class = GuardedJob
-
-    def execute_job(self, job: Job, queue: Queue) -> None:
-        begin(job)  # the LLM request leaves now; RQ's bookkeeping runs meanwhile
-        try:
-            super().execute_job(job, queue)
-        finally:
-            abandon(job.id)
 
 
 async def _ping(runtime: Runtime) -> None:
@@ -76,10 +62,18 @@ def run_worker(settings: Settings, *, burst: bool = False) -> bool:
         serve_metrics(settings.metrics_host, settings.metrics_port, connect(settings), settings)
     worker = RankingWorker(
         [ranking_queue(connection, settings)],
+        runtime=runtime,
         connection=connection,
         serializer=SERIALIZER,
+        log_job_description=False,
     )
-    log.info("LLM at %s; metrics on :%s", runtime.llm_base_url or "api.openai.com", settings.metrics_port)
+    worker.log_result_lifespan = False  # a log line per job is noise at hundreds of jobs
+    log.info(
+        "LLM at %s; %d jobs at once; metrics on :%s",
+        runtime.llm_base_url or "api.openai.com",
+        settings.concurrency,
+        settings.metrics_port,
+    )
     try:
         return bool(worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False))
     finally:
