@@ -23,7 +23,7 @@ import openai
 from rankstream.models import Usage
 from rankstream.settings import Settings
 
-from .network import http_client
+from .network import http_client, limits_for
 
 # A server that wants no key (a local vLLM, llama.cpp, the simulator) still gets one: the client insists.
 KEYLESS = "no-key"
@@ -58,7 +58,7 @@ def make_client(settings: Settings, base_url: str | None = None) -> openai.Async
         base_url=base_url or settings.openai_base_url,
         max_retries=0,  # the job retries, so it can count causes, keep deadlines and say `started`
         timeout=timeout,
-        http_client=http_client(timeout),
+        http_client=http_client(timeout, limits=limits_for(settings.concurrency)),
     )
 
 

@@ -205,7 +205,18 @@ class AsyncioBackend(httpcore2.AsyncNetworkBackend):
 LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
 
 
-def http_client(timeout: httpx2.Timeout, verify: ssl.SSLContext | bool = True) -> httpx2.AsyncClient:
+def limits_for(streams: int) -> httpx2.Limits:
+    """The SDK's limits, widened so that `streams` live streams never wait for a connection
+    and each keeps its connection alive for the next job."""
+    return httpx2.Limits(
+        max_connections=max(LIMITS.max_connections or 0, streams),
+        max_keepalive_connections=max(LIMITS.max_keepalive_connections or 0, streams),
+    )
+
+
+def http_client(
+    timeout: httpx2.Timeout, verify: ssl.SSLContext | bool = True, limits: httpx2.Limits = LIMITS
+) -> httpx2.AsyncClient:
     """An httpx2 client like the openai SDK's default one, on the asyncio network backend.
 
     Like that client, it reads HTTP(S)_PROXY, ALL_PROXY and NO_PROXY when it is made, and
@@ -215,7 +226,7 @@ def http_client(timeout: httpx2.Timeout, verify: ssl.SSLContext | bool = True) -
 
     def transport(proxy: str | None = None) -> BackendTransport:
         return BackendTransport(
-            backend, verify=verify, limits=LIMITS, proxy=None if proxy is None else httpx2.Proxy(proxy)
+            backend, verify=verify, limits=limits, proxy=None if proxy is None else httpx2.Proxy(proxy)
         )
 
     # None: the pattern is a NO_PROXY entry, and goes to `transport=` (direct).
