@@ -21,12 +21,14 @@ import pytest
 import redis
 from conftest import Simulator, WorkerProcess, finished_stream, make_settings, wait_for
 from rq import Worker
+from rq.command import send_stop_job_command
+from rq.job import Job, JobStatus
 from rq.registry import FinishedJobRegistry, StartedJobRegistry
 
 from producer import cancel, enqueue
 from rankstream import keys
 from rankstream.dev import example
-from rankstream.queue import ranking_queue
+from rankstream.queue import SERIALIZER, ranking_queue
 from rankstream.settings import Settings
 
 SLOTS = 8
@@ -166,6 +168,22 @@ class TestOneJobTouchesNoOther:
         streams = [finished_stream(connection, h.job_id) for h in handles]
         assert streams[3][-1]["type"] == "error" and streams[3][-1]["code"] == "cancelled"
         for stream in streams[:3] + streams[4:]:
+            assert_complete(stream)
+
+    def test_rqs_stop_job_command_stops_only_that_job(
+        self, worker: WorkerProcess, settings: Settings, connection: redis.Redis
+    ) -> None:
+        handles = [enqueue(example.example_request(), settings=settings) for _ in range(SLOTS)]
+        wait_for(lambda: running(connection, [h.job_id for h in handles]), 10, "all eight to stream")
+        send_stop_job_command(connection, handles[5].job_id, serializer=SERIALIZER)
+
+        streams = [finished_stream(connection, h.job_id) for h in handles]
+        assert streams[5][-1]["type"] == "error" and streams[5][-1]["code"] == "cancelled"
+        stopped = Job.fetch(handles[5].job_id, connection=connection, serializer=SERIALIZER)
+        assert wait_for(
+            lambda: stopped.get_status(refresh=True) == JobStatus.STOPPED, 10, "RQ to say STOPPED"
+        )
+        for stream in streams[:5] + streams[6:]:
             assert_complete(stream)
 
 

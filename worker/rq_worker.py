@@ -28,6 +28,7 @@ from typing import Any
 import redis
 from pydantic import ValidationError
 from rq import Queue, SimpleWorker
+from rq.command import parse_payload
 from rq.exceptions import DequeueTimeout
 from rq.executions import Execution
 from rq.job import Job
@@ -204,8 +205,21 @@ class RankingWorker(SimpleWorker):
         self._stop_requested = True
         self.set_shutdown_requested_date()  # type: ignore[no-untyped-call]
 
+    def handle_payload(self, message: Any) -> None:
+        """RQ's commands; `stop-job` names one of our jobs, whichever RQ thinks is "current"."""
+        payload = parse_payload(message)
+        if payload.get("command") != "stop-job":
+            super().handle_payload(message)  # type: ignore[no-untyped-call]
+            return
+        with self._lock:
+            found = [e for e in self._in_flight.values() if e.job.id == payload.get("job_id")]
+        for entry in found:
+            self.request_stop_execution(entry.execution.id)
+        if not found:
+            log.warning("not running job %s; stop ignored", payload.get("job_id"))
+
     def request_stop_execution(self, execution_id: str) -> None:
-        """`rq`'s stop-job command for one of our jobs: it ends `cancelled`; the others run on."""
+        """RQ's stop command for one of our jobs: it ends `cancelled` (STOPPED in RQ); the others run on."""
         entry = self._in_flight.get(execution_id)
         if entry is None:
             log.warning("not running execution %s; stop ignored", execution_id)
