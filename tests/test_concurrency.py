@@ -221,6 +221,25 @@ class TestShutdown:
             assert stream[-1]["type"] == "error" and stream[-1]["code"] == "worker_lost"
             assert stream[-1]["retryable"] is True
 
+    def test_a_second_signal_ends_every_running_job_at_once_with_its_event(
+        self, settings: Settings, connection: redis.Redis
+    ) -> None:
+        slow = Simulator(ttft=0.05, tokens_per_second=10)  # about six seconds a job
+        worker = WorkerProcess(settings, slow, RANKSTREAM_CONCURRENCY="4", RANKSTREAM_SHUTDOWN_GRACE="60")
+        try:
+            handles = [enqueue(example.example_request(), settings=settings) for _ in range(4)]
+            wait_for(lambda: running(connection, [h.job_id for h in handles]), 10, "four to stream")
+            worker.process.send_signal(signal.SIGTERM)
+            time.sleep(1.1)  # not a guess: RQ ignores a second signal within a second of the first
+            worker.process.send_signal(signal.SIGTERM)
+            worker.process.wait(timeout=20)  # well inside the 60 s grace: the cold stop did not wait
+            streams = [finished_stream(connection, h.job_id) for h in handles]
+        finally:
+            worker.stop()
+            slow.stop()
+        for stream in streams:
+            assert stream[-1]["type"] == "error" and stream[-1]["code"] == "worker_lost"
+
 
 class TestRQSeesTheTruth:
     def test_rq_info_shows_the_worker_busy_with_its_8_running_jobs_then_their_results(

@@ -22,7 +22,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any
 
 import redis
@@ -74,6 +74,7 @@ class RankingWorker(SimpleWorker):
         self._lock = threading.Lock()
         self._finishers = ThreadPoolExecutor(FINISHERS, thread_name_prefix="rankstream-finish")
         self._stopping = threading.Event()
+        self._cold = False
         self._beats = threading.Thread(target=self._beat, name="rankstream-heartbeat", daemon=True)
         metrics.worker_slots.set(self.concurrency)
 
@@ -244,11 +245,16 @@ class RankingWorker(SimpleWorker):
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
 
+    def request_force_stop(self, signum: int, frame: FrameType | None) -> None:
+        """A second signal: a cold stop, which ends every running job now (teardown does)."""
+        self._cold = True
+        super().request_force_stop(signum, frame)
+
     def teardown(self) -> None:
         """Let the running jobs finish within the grace time, then end the rest; then leave RQ."""
         try:
-            self._drain(self.runtime.settings.shutdown_grace)
-        except SystemExit:  # a second signal: a cold stop ends every job now, with its event
+            self._drain(0.0 if self._cold else self.runtime.settings.shutdown_grace)
+        except SystemExit:  # the second signal came while we waited: end every job now
             self._end_all()
             raise
         finally:
