@@ -44,9 +44,7 @@ async def status(
         pipe.hget(keys.state(job_id), "status")
         pipe.xrange(keys.events(job_id))
         state, entries = await pipe.execute()
-    if state is None and not entries:
-        raise core.lookup_error(job_id, settings)
-    return core.status_of(job_id, state, entries)
+    return core.status_of(job_id, state, entries, settings)
 
 
 async def events(
@@ -63,9 +61,10 @@ async def events(
     job_id = core.job_id_of(handle)
     await _ensure_known(connection, job_id, settings)
     stream = keys.events(job_id)
+    block_ms = core.xread_block_ms(block, connection.connection_pool.connection_kwargs.get("socket_timeout"))
     last = after
     while True:
-        reply: Any = await connection.xread({stream: last}, count=256, block=max(1, int(block * 1000)))
+        reply: Any = await connection.xread({stream: last}, count=256, block=block_ms)
         if not reply:
             await _ensure_known(connection, job_id, settings)  # expired while we waited?
             continue

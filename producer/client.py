@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import redis
+from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
@@ -43,35 +44,52 @@ def enqueue(
     settings = settings or get_settings()
     job = core.new_job(core.validate(request))
     connection = connection or connect(settings)
-    if job.claim is None:
-        with connection.pipeline() as pipe:
-            pipe.multi()  # RQ adds its commands to this transaction
-            _write_job(connection, pipe, job, settings)
-            pipe.execute()
-        return job.handle
-    claim_key = keys.request(job.request.request_id or "")
     with connection.pipeline() as pipe:
         while True:
             try:
-                pipe.watch(claim_key)  # type: ignore[no-untyped-call]  # the claim and the job land together, or neither does
-                claimed = pipe.get(claim_key)
-                if claimed is not None:
-                    return core.existing_job(job, claimed)
-                pipe.multi()
-                pipe.set(claim_key, job.claim, ex=settings.stream_ttl)
-                _write_job(connection, pipe, job, settings)
-                pipe.execute()
-                return job.handle
+                return _try_enqueue(connection, pipe, job, settings)
             except redis.WatchError:
-                continue  # another enqueue claimed it meanwhile: read its claim
+                # A watched key changed, or the connection broke while watching: redis-py then
+                # raises instead of sending the transaction again, which could queue the job twice.
+                if job.claim is None and connection.exists(keys.state(job.job_id)):
+                    return job.handle  # the transaction landed; only its reply was lost
+                # else try again: a request_id's claim now names the job that has it
 
 
-def _write_job(connection: redis.Redis, pipe: Any, job: core.NewJob, settings: Settings) -> None:
+def _try_enqueue(connection: redis.Redis, pipe: Any, job: core.NewJob, settings: Settings) -> Handle:
+    """One WATCH and one transaction: the claim (if any), the state and the RQ job, or nothing.
+
+    The job's state key is watched too, so a lost reply to EXEC surfaces as WatchError.
+    """
+    state = keys.state(job.job_id)
+    queue = ranking_queue(connection, settings)
+    # RQ asks the client for the server's version once (INFO, outside the pipeline): asked now,
+    # before WATCH holds a connection, one pooled connection serves every enqueue.
+    queue.get_redis_server_version()
+    if job.claim is None:
+        pipe.watch(state)
+        pipe.multi()  # RQ adds its commands to this transaction
+        _write_job(queue, pipe, job, settings)
+        pipe.execute()
+        return job.handle
+    claim_key = keys.request(job.request.request_id or "")
+    pipe.watch(claim_key, state)  # the claim and the job land together, or neither does
+    claimed = pipe.get(claim_key)
+    if claimed is not None:
+        return core.existing_job(job, claimed)
+    pipe.multi()
+    pipe.set(claim_key, job.claim, ex=settings.stream_ttl)
+    _write_job(queue, pipe, job, settings)
+    pipe.execute()
+    return job.handle
+
+
+def _write_job(queue: Queue, pipe: Any, job: core.NewJob, settings: Settings) -> None:
     """Queue, in the pipeline's transaction, the job's state hash and the RQ job."""
     state = keys.state(job.job_id)
     pipe.hset(state, mapping=job.state)
     pipe.expire(state, settings.stream_ttl)
-    ranking_queue(connection, settings).enqueue_call(
+    queue.enqueue_call(
         JOB_FUNCTION,
         args=(job.payload,),
         job_id=job.job_id,
@@ -95,20 +113,24 @@ def events(
     """Yield the job's events after `after` (a stream entry id), ending after the terminal one.
 
     Raises JobNotFound / JobGone for a job that does not exist (or no longer does), and
-    TimeoutError if `timeout` seconds pass without the terminal event.
+    TimeoutError if `timeout` seconds pass without the terminal event. Each wait on Redis stops
+    short of the connection's socket timeout, so any `block` works with any REDIS_URL.
     """
     settings = settings or get_settings()
     connection = connection or connect(settings)
     job_id = core.job_id_of(handle)
     _ensure_known(connection, job_id, settings)
     stream = keys.events(job_id)
+    socket_timeout = connection.connection_pool.connection_kwargs.get("socket_timeout")
     deadline = None if timeout is None else time.monotonic() + timeout
     last = after
     while True:
         wait = block if deadline is None else min(block, deadline - time.monotonic())
         if wait <= 0:
             raise TimeoutError(f"job {job_id}: no terminal event within {timeout}s")
-        reply: Any = connection.xread({stream: last}, count=256, block=max(1, int(wait * 1000)))
+        reply: Any = connection.xread(
+            {stream: last}, count=256, block=core.xread_block_ms(wait, socket_timeout)
+        )
         if not reply:
             _ensure_known(connection, job_id, settings)  # expired while we waited?
             continue
@@ -131,9 +153,7 @@ def status(
         pipe.hget(keys.state(job_id), "status")
         pipe.xrange(keys.events(job_id))
         state, entries = pipe.execute()
-    if state is None and not entries:
-        raise core.lookup_error(job_id, settings)
-    return core.status_of(job_id, state, entries)
+    return core.status_of(job_id, state, entries, settings)
 
 
 def cancel(

@@ -86,11 +86,16 @@ def _digest(payload: Mapping[str, Any]) -> str:
 
 
 def existing_job(job: NewJob, claim: bytes | str) -> Handle:
-    """The request_id is taken: its job if the body is the same, else RequestConflict."""
+    """The request_id is taken: its job if the body is the same, else RequestConflict.
+
+    A claim the previous version wrote holds the job id alone, no digest: it is taken as the
+    same body, since there is nothing to compare, rather than refusing every retry of a request
+    enqueued before an upgrade.
+    """
     text = claim.decode() if isinstance(claim, bytes) else claim
     job_id, _, digest = text.partition(" ")
     assert job.claim is not None and job.request.request_id is not None
-    if digest != job.claim.partition(" ")[2]:
+    if digest and digest != job.claim.partition(" ")[2]:
         raise RequestConflict(job.request.request_id, job_id)
     return handle_for(job_id)
 
@@ -110,25 +115,47 @@ def parse_entry(entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> Event:
     )
 
 
+def xread_block_ms(block: float, socket_timeout: float | None) -> int:
+    """XREAD's BLOCK for a wait of `block` seconds, in milliseconds (at least 1: 0 blocks for ever).
+
+    Capped below the connection's socket timeout, keeping a fifth of it for the round trip:
+    a BLOCK as long as the timeout would make redis-py give up on a reply that was coming.
+    """
+    if socket_timeout:
+        block = min(block, 0.8 * socket_timeout)
+    return max(1, int(block * 1000))
+
+
+_STARTED = ("running", "done", "error")  # a job in one of these states has written to its stream
+
+
 def status_of(
-    job_id: str, status: bytes | None, entries: Sequence[tuple[bytes, Mapping[bytes, bytes]]]
+    job_id: str,
+    status: bytes | None,
+    entries: Sequence[tuple[bytes, Mapping[bytes, bytes]]],
+    settings: Settings,
 ) -> JobStatus:
-    """A job's status from its state's `status` field and its stream's entries."""
-    items: list[dict[str, Any]] = []
-    timings: Timings | None = None
-    error: Failed | None = None
-    for entry_id, fields in entries:
-        event = parse_entry(entry_id, fields)
-        if event.type is EventType.ITEM:
-            items.append(event.data)
-        elif event.type is EventType.DONE:
-            timings = Timings.model_validate(event.data.get("timings", {}))
-        elif event.type is EventType.ERROR:
-            error = Failed.model_validate(event.data)
-    name = status.decode() if status else "queued"
-    return JobStatus.model_validate(
-        {"job_id": job_id, "status": name, "items": items, "timings": timings, "error": error}
-    )
+    """A job's status from its state's `status` field and its stream's entries.
+
+    The stream's terminal event, when it has one, says how the job ended; else the state says
+    where it is, and without a state a live stream is read alone: a job that has started and
+    not ended is running. A job whose state says it started but whose stream is gone is
+    JobGone, never an empty job; a job with neither is JobNotFound or JobGone (`lookup_error`).
+    """
+    recorded = status.decode() if status else None
+    if not entries and recorded is None:
+        raise lookup_error(job_id, settings)
+    if not entries and recorded in _STARTED:
+        raise JobGone(job_id)  # its stream expired (or was deleted) before its state
+    events = [parse_entry(entry_id, fields) for entry_id, fields in entries]
+    items = [e.data for e in events if e.type is EventType.ITEM]
+    terminal = next((e for e in reversed(events) if e.terminal), None)
+    if terminal is None:
+        return JobStatus.model_validate({"job_id": job_id, "status": recorded or "running", "items": items})
+    if terminal.type is EventType.DONE:
+        timings = Timings.model_validate(terminal.data.get("timings", {}))
+        return JobStatus(job_id=job_id, status="done", items=items, timings=timings)
+    return JobStatus(job_id=job_id, status="error", items=items, error=Failed.model_validate(terminal.data))
 
 
 def cancelled_while_queued() -> Failed:

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 import redis
+from conftest import make_settings, wait_for
 
 from producer import enqueue
 from rankstream import keys
 from rankstream.dev import example
+from rankstream.dev.redis_server import RedisServer
 from rankstream.exceptions import InvalidRequest, RequestConflict
 from rankstream.queue import ranking_queue
 from rankstream.settings import Settings
@@ -85,6 +91,92 @@ class TestAcceptedRequests:
         assert handle.stream_key == f"rankstream:{{{handle.job_id}}}:events"
 
 
+class TestEnqueuedOnce:
+    def test_a_request_is_queued_once_with_its_state(
+        self, settings: Settings, connection: redis.Redis
+    ) -> None:
+        handle = enqueue(good(), settings=settings, connection=connection)
+
+        assert ranking_queue(connection, settings).job_ids == [handle.job_id]
+        assert connection.hget(keys.state(handle.job_id), "status") == b"queued"
+
+    @pytest.mark.parametrize("request_id", [None, "order-lost-reply"], ids=["no-request-id", "request-id"])
+    def test_a_lost_reply_to_the_transaction_neither_queues_the_job_twice_nor_fails(
+        self, request_id: str | None
+    ) -> None:
+        with RedisServer() as server, LostReply(server.port) as relay:
+            settings = make_settings(relay.url)
+            admin = server.client()
+            queue = ranking_queue(admin, settings)
+            relay.drop_the_next_reply_to_exec(applied=lambda: queue.count > 0)
+
+            handle = enqueue({**good(), "request_id": request_id}, settings=settings)
+
+            assert relay.dropped == 1, "the relay never dropped a reply: nothing was tested"
+            assert queue.job_ids == [handle.job_id]
+            assert admin.hget(keys.state(handle.job_id), "status") == b"queued"
+            admin.close()
+
+
+class LostReply:
+    """A TCP relay to a Redis that can pass on one transaction and lose its reply.
+
+    Once armed, the connection that sends the next EXEC has it delivered, Redis runs the
+    transaction (`applied()` says when), and the client sees the connection close instead of
+    the reply: what a network failure right after EXEC looks like to redis-py. Every other
+    byte is relayed as it is.
+    """
+
+    EXEC = b"*1\r\n$4\r\nEXEC\r\n"
+
+    def __init__(self, redis_port: int) -> None:
+        self.redis_port = redis_port
+        self.dropped = 0
+        self._applied: Callable[[], bool] | None = None
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"redis://127.0.0.1:{self._listener.getsockname()[1]}/0"
+
+    def drop_the_next_reply_to_exec(self, applied: Callable[[], bool]) -> None:
+        self._applied = applied
+
+    def __enter__(self) -> LostReply:
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):  # the listener closed
+            while True:
+                client, _ = self._listener.accept()
+                server = socket.create_connection(("127.0.0.1", self.redis_port))
+                muted = threading.Event()
+                threading.Thread(target=self._requests, args=(client, server, muted), daemon=True).start()
+                threading.Thread(target=self._replies, args=(server, client, muted), daemon=True).start()
+
+    def _requests(self, client: socket.socket, server: socket.socket, muted: threading.Event) -> None:
+        tail = b""
+        with contextlib.suppress(OSError), client, server:
+            while data := client.recv(65536):
+                applied, seen = self._applied, tail + data
+                tail = seen[-len(self.EXEC) :]
+                if applied is None or self.EXEC not in seen:
+                    server.sendall(data)
+                    continue
+                self._applied = None
+                muted.set()  # before Redis has the EXEC, so no byte of its reply gets through
+                server.sendall(data)
+                wait_for(applied, 10, "Redis to run the transaction")
+                self.dropped += 1
+                return  # both sockets close: the client gets no reply
+
+    def _replies(self, server: socket.socket, client: socket.socket, muted: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while (data := server.recv(65536)) and not muted.is_set():
+                client.sendall(data)
+
+
 class TestIdempotentEnqueue:
     def test_the_same_request_id_twice_gives_one_job(
         self, settings: Settings, connection: redis.Redis
@@ -113,6 +205,17 @@ class TestIdempotentEnqueue:
             )
 
         assert raised.value.job_id == first.job_id and raised.value.request_id == "order-43"
+        assert ranking_queue(connection, settings).count == 1
+
+    def test_a_claim_from_the_previous_version_holding_only_the_job_id_gives_its_job(
+        self, settings: Settings, connection: redis.Redis
+    ) -> None:
+        first = enqueue({**good(), "request_id": "order-45"}, settings=settings, connection=connection)
+        connection.set(keys.request("order-45"), first.job_id, keepttl=True)  # no body digest: as it was
+
+        again = enqueue({**good(), "request_id": "order-45"}, settings=settings, connection=connection)
+
+        assert again == first
         assert ranking_queue(connection, settings).count == 1
 
     def test_an_integer_id_and_its_decimal_string_are_the_same_body(

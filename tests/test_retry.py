@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from email.utils import formatdate
 
@@ -67,8 +68,21 @@ class TestRetryAfter:
     def test_a_rate_limit_carries_the_servers_wait(self) -> None:
         assert retry.classify(status_error(429, {"retry-after": "2"})).retry_after == 2.0
 
-    def test_backoff_grows_with_jitter_and_never_undercuts_retry_after(self) -> None:
+    def test_backoff_is_jittered_within_the_cap_and_never_undercuts_retry_after(self) -> None:
         pauses = [retry.backoff(attempt, None) for attempt in range(1, 8) for _ in range(50)]
         assert all(0 <= pause <= retry.MAX_BACKOFF_SECONDS for pause in pauses)
         assert len(set(pauses)) > 100  # jittered, not a fixed schedule
         assert all(retry.backoff(1, 3.0) >= 3.0 for _ in range(50))
+
+    def test_backoff_doubles_with_each_attempt_until_it_reaches_the_cap(self) -> None:
+        # 1,000 draws per attempt: a median of uniform jitter is then within a few percent.
+        by_attempt = {n: [retry.backoff(n, None) for _ in range(1000)] for n in range(1, 11)}
+        medians = {n: statistics.median(pauses) for n, pauses in by_attempt.items()}
+        capped = [n for n in by_attempt if max(by_attempt[n]) > 0.9 * retry.MAX_BACKOFF_SECONDS]
+
+        assert capped and capped[0] > 2, "the first retries already wait as long as the last"
+        growing = range(1, capped[0])
+        assert all(medians[n + 1] > 1.5 * medians[n] for n in growing), medians
+        assert all(max(by_attempt[n]) < max(by_attempt[n + 1]) for n in growing)
+        plateau = [medians[n] for n in range(capped[0] + 1, 11)]
+        assert max(plateau) < 1.25 * min(plateau), medians  # past the cap, it stays there

@@ -11,7 +11,7 @@ import json
 import re
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -19,6 +19,7 @@ import httpx
 import httpx2
 import openai
 import pytest
+from conftest import wait_for
 from openai.types.chat import ChatCompletionMessageParam
 from openai.types.chat.completion_create_params import ResponseFormat
 from pydantic import BaseModel
@@ -130,17 +131,6 @@ def slow_control(slow_sim: RunningSim, sim_api: httpx.Client) -> SimControl:
 def no_fault_left_behind(control: SimControl) -> Iterator[None]:
     yield
     control.fault("none", count=None)
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 5.0) -> Any:
-    """Poll until `condition()` is truthy; its value, or a failure at the deadline."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.01)
-    pytest.fail(f"condition not met within {timeout} s")
 
 
 def stream_chunks(client: openai.OpenAI, **kwargs: Any) -> list[Any]:
@@ -748,7 +738,7 @@ def test_a_client_closing_early_is_recorded(slow_sim: RunningSim, slow_control: 
     def closed_record() -> dict[str, Any] | None:
         return next((r for r in slow_control.log() if r["id"] == first.id and r["client_closed"]), None)
 
-    record = wait_for(closed_record)
+    record = wait_for(closed_record, 5, "the simulator to record the early close")
     assert record["tokens_sent"] < record["tokens_planned"]
     assert record["completed"] is False
     assert record["finished_at"] is not None

@@ -76,7 +76,13 @@ async def _chat_completions(request: Request, state: _State) -> Response:
     fault = state.faults.take()
     plan = make_plan(body, state.config, fault, started)
     record = Record(
-        plan.id, plan.model, plan.stream, fault, received_at, tokens_planned=len(plan.tokens), candidates=plan.candidates
+        plan.id,
+        plan.model,
+        plan.stream,
+        fault,
+        received_at,
+        tokens_planned=len(plan.tokens),
+        candidates=plan.candidates,
     )
     state.log.append(record)
     refusal = refusal_for(fault)

@@ -26,15 +26,20 @@ The format, as the worker writes it (one user message after a system message)::
   such an object are skipped; a repeated product_id keeps its first line. The whole block may
   instead be one JSON array of such objects (or one object); that is tried first.
 - Tags are matched literally, case-sensitively: the first `<tag>` in a text, up to the first
-  `</tag>` after it. Nothing is escaped or unescaped, hence the format's limits: a profile
-  containing `</profile>` is cut there; a profile containing a whole
-  `<candidates>...</candidates>` block is read as the catalogue instead of the real one; a
-  product id or name containing `</candidates>` ends the block early (JSON does not escape
-  `<`, `>` or `/`), losing that line and the ones after it.
-- Lines are split with `str.splitlines`, which also breaks at U+2028, U+2029 and U+0085.
-  The worker's `json.dumps(..., ensure_ascii=False)` escapes control characters but leaves
-  those raw, so an id or name containing one loses its candidate (unless it is the only one:
-  a single object parses as a whole block).
+  `</tag>` after it. Nothing is unescaped here; the writer sees to it that nothing a caller
+  sends can end a block early. In the profile, a `<profile>`, `</profile>`, `<candidates>` or
+  `</candidates>` tag (in any case) has its `<` written as `&lt;`, so the profile read back
+  holds `&lt;/profile>` where the caller wrote `</profile>`. In a candidate line, `<` is
+  written as the JSON escape `\\u003c`, which `json.loads` reads back as `<`: an id or name
+  containing `</candidates>` keeps its line. A prompt written by other means, with raw tags,
+  has the format's limits: a profile containing `</profile>` is cut there, one containing a
+  whole `<candidates>...</candidates>` block is read as the catalogue instead of the real one,
+  and a candidate line containing `</candidates>` ends the block early.
+- Lines are split with `str.splitlines`, which also breaks at U+2028, U+2029 and U+0085. The
+  worker writes those as JSON escapes (`\\u2028`, `\\u2029`, `\\u0085`) in a candidate line, so
+  an id or name containing one keeps its candidate and reads back exact; written raw (by
+  other means), they split the line and lose that candidate (unless it is the only one: a
+  single object parses as a whole block).
 - Where it looks: each tag is searched for separately, first in the last user message, then
   in every message from the newest back to the oldest (system messages included); the first
   message holding a complete `<tag>...</tag>` wins. A message's text is its `content` string,
