@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip --disable-pip-version-check -q
 
-.PHONY: demo test lint typecheck pytest redis-tls bench install clean
+.PHONY: demo test lint typecheck pytest redis-tls bench bench-concurrency install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,11 @@ redis-tls:
 
 bench: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python -m bench
+
+# Section 7 alone: many streams in one worker against an RQ worker pool, with a py-spy profile
+# of the worker's CPU.
+bench-concurrency: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python -m bench --only 7
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
