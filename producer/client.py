@@ -169,9 +169,8 @@ def cancel(
     job_id = core.job_id_of(handle)
     _ensure_known(connection, job_id, settings)
     state = keys.state(job_id)
-    connection.hset(state, "cancel", "1")
-    if connection.hget(state, "status") != b"queued":
-        return False
+    if connection.register_script(scripts.REQUEST_CANCEL)(keys=[state]) != b"queued":
+        return False  # running: it sees the flag; ended or gone: nothing to do
     data = core.cancelled_while_queued().model_dump_json()
     token = f"cancel:{secrets.token_hex(8)}"
     finish = connection.register_script(scripts.FINISH)

@@ -7,18 +7,22 @@ twice with the same arguments (a client that retries after a lost reply): the se
 answers as the first did and writes nothing.
 
 KEYS for every script: [state, events, published] (see rankstream.keys.job_keys).
+Every script first checks that the state hash exists, and writes nothing if it does not: the job
+expired (RANKSTREAM_STREAM_TTL) or was never made by enqueue(), so it is over for us. A late
+writer can then never bring an expired job back as a stream holding one event.
 Replies use these markers, read by the worker's publisher (worker/publish.py):
 """
 
 from __future__ import annotations
 
-ENDED = "ended"  # the job already has its terminal event
+ENDED = "ended"  # the job already has its terminal event, or its state is gone
 CANCEL = "cancel"  # cancel was asked; nothing more is published
 DUPLICATE = "duplicate"  # an earlier attempt published this product_id
 
 # ARGV: ttl, job_id, model, now, token (unique per call site and attempt).
 # Returns {attempt, {product_ids already published}, enqueued_at}, or {ENDED} / {CANCEL}.
 START = f"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return {{'{ENDED}'}} end
 if redis.call('HEXISTS', KEYS[1], 'terminal') == 1 then return {{'{ENDED}'}} end
 if redis.call('HGET', KEYS[1], 'cancel') == '1' then return {{'{CANCEL}'}} end
 local attempt
@@ -40,6 +44,7 @@ return {{attempt, redis.call('HKEYS', KEYS[3]), redis.call('HGET', KEYS[1], 'enq
 # KEYS[3] maps product_id -> "attempt:rank". Returns {rank}, or {DUPLICATE} / {ENDED} / {CANCEL};
 # a product this same attempt already published answers with its rank again (a retried call).
 PUBLISH_ITEM = f"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return {{'{ENDED}'}} end
 if redis.call('HEXISTS', KEYS[1], 'terminal') == 1 then return {{'{ENDED}'}} end
 if redis.call('HGET', KEYS[1], 'cancel') == '1' then return {{'{CANCEL}'}} end
 local before = redis.call('HGET', KEYS[3], ARGV[1])
@@ -57,8 +62,10 @@ return {{rank}}
 """
 
 # ARGV: type ('done' | 'error'), data JSON, ttl, now, token (unique per writer).
-# Returns the entry id, or false if the job already had its terminal event from another writer.
+# Returns the entry id, or false if the job already had its terminal event from another writer
+# or its state is gone.
 FINISH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 if redis.call('HSETNX', KEYS[1], 'terminal', ARGV[5]) == 0 then
   if redis.call('HGET', KEYS[1], 'terminal') == ARGV[5] then return redis.call('HGET', KEYS[1], 'terminal_id') end
   return false
@@ -68,4 +75,12 @@ local id = redis.call('XADD', KEYS[2], '*', 'type', ARGV[1], 'data', ARGV[2])
 redis.call('HSET', KEYS[1], 'terminal_id', id)
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
 return id
+"""
+
+# KEYS: [state]. Sets the cancel flag of a job that still exists and answers its status
+# (false if its state is gone: a late cancel must not recreate an expired job).
+REQUEST_CANCEL = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+redis.call('HSET', KEYS[1], 'cancel', '1')
+return redis.call('HGET', KEYS[1], 'status')
 """

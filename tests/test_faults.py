@@ -78,6 +78,9 @@ class TestBadOutputIsSkippedCountedAndReported:
 
         assert_complete_ranking(stream)
         assert all(isinstance(i["product_id"], str) for i in items(stream))
+        assert all(i["source"] == "llm" for i in items(stream))  # matched, not filled in from the catalogue
+        assert [e["attempt"] for e in stream if e["type"] == "started"] == [1]  # no retry
+        assert stream[-1]["rejected"] == {"invalid": 0, "truncated": 0, "unknown_id": 0, "duplicate": 0}
 
     def test_a_truncated_answer_counts_the_cut_element_and_fills_from_the_catalogue(self, run: Any) -> None:
         stream = run("truncate")

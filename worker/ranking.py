@@ -42,7 +42,7 @@ TERMINAL_RETRY_MAX = 2.0
 class Ending(StrEnum):
     DONE = "done"
     ERROR = "error"
-    SKIPPED = "skipped"  # another writer had already ended the job: nothing written here
+    SKIPPED = "skipped"  # another writer had ended the job, or its state is gone: nothing written
     LOST = "lost"  # Redis never took the terminal event: the stream is left open (logged)
 
 
