@@ -1,16 +1,22 @@
-"""Section 6: the publisher's Redis client, redis.asyncio + hiredis, against a hand-written one.
+"""Section 6: the publisher's Redis client: the link, redis.asyncio, and a hand-written one.
 
 Every client runs the job's three scripts (rankstream/scripts.py: START, then PUBLISH_ITEM per
 item, then FINISH with a `done` event) on real job keys (rankstream.keys.job_keys) of a
 private Redis, building the same arguments the worker's publisher builds:
 
-- rankstream: what the worker runs, `worker.publish.RedisScripts` + `Publisher` over
-  `redis.asyncio.Redis.from_url` with the worker's options (but a pool cap of 1,000: see
-  `_redis_asyncio`); the parser is hiredis (the `redis[hiredis]` extra), checked and printed;
-- RESP client: `bench/resp_baseline.py` (the pipelined client the publisher used before,
+- link: what the worker runs, `worker.publish.RedisScripts` + `Publisher` over
+  `worker.redis_link.RedisLink` (one redis-py connection, pipelined, built as the worker builds
+  it); the parser in use is checked and printed;
+- redis.asyncio: the same `Publisher` calls over `redis.asyncio.Redis.from_url` with the
+  worker's options (but a pool cap of 1,000: see `_redis_asyncio`), hiredis parser: what the
+  publisher ran until 2026-12 (`_PoolScripts` speaks it);
+- RESP client: `bench/resp_baseline.py` (the pipelined client the publisher used before that,
   one connection for every job), with a publisher of the same arguments and answers;
-- redis.asyncio, pure-Python parser: the rankstream client with `parser_class=` redis-py's
-  own RESP parser instead of hiredis (`_AsyncRESP3Parser` in use: redis-py 8 speaks RESP3).
+- redis.asyncio, pure-Python parser: the redis.asyncio client with `parser_class=` redis-py's
+  own RESP parser instead of hiredis.
+
+Each job's state hash is made first, as enqueue() leaves it (outside the clock), and each run
+checks that its last job's stream holds every event: the calls measured are the ones that publish.
 
 Two loads, each in one event loop, after a warm-up run (connections made, scripts loaded):
 
@@ -39,6 +45,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import redis
 import redis.asyncio
 from redis._parsers import _AsyncRESP2Parser
 
@@ -47,6 +54,7 @@ from rankstream.codes import EventType, Source
 from rankstream.connections import client_options
 from rankstream.models import Done, Timings
 from worker.publish import Publisher, RedisScripts
+from worker.redis_link import RedisLink
 
 from .common import Row, percentile
 from .resp_baseline import RespClient, Script
@@ -124,6 +132,36 @@ class NoPublisher:
         return True
 
 
+class _PoolLink:
+    """The calls `Publisher` makes of its link, answered by a redis.asyncio client (its pool)."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self._client = client
+        self._registered: dict[str, Any] = {}
+
+    def _script(self, script: Any) -> Any:
+        registered = self._registered.get(script.sha)
+        if registered is None:
+            registered = self._registered[script.sha] = self._client.register_script(script.source)
+        return registered
+
+    async def evalsha(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        return await self._script(script)(keys=keys, args=args)
+
+    async def execute(self, *args: Any) -> Any:
+        return await self._client.execute_command(*args)
+
+    async def retrying(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        return await call()  # redis-py retries each command itself
+
+    def send_script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        return asyncio.ensure_future(self.evalsha(script, keys, args))  # several items: not measured here
+
+    @staticmethod
+    async def replies(futures: list[Any]) -> list[Any]:
+        return [await future for future in futures]
+
+
 @dataclass
 class Client:
     name: str
@@ -144,7 +182,7 @@ def _redis_asyncio(url: str, parser: type | None) -> Client:
     if parser is not None:
         options["parser_class"] = parser
     client = redis.asyncio.Redis.from_url(url, **options)
-    redis_scripts = RedisScripts(client)
+    redis_scripts = RedisScripts(_PoolLink(client))  # type: ignore[arg-type]
     pool: Any = client.connection_pool
 
     def parser_in_use() -> str:
@@ -157,6 +195,20 @@ def _redis_asyncio(url: str, parser: type | None) -> Client:
         client.aclose,
         lambda: len(pool._available_connections) + len(pool._in_use_connections),
         parser_in_use,
+    )
+
+
+def _link(url: str) -> Client:
+    """The worker's link (worker/runtime.py)."""
+    link = RedisLink(url, 5.0)
+    redis_scripts = RedisScripts(link)
+
+    def parser_in_use() -> str:
+        session: Any = link._session
+        return type(session.connection._parser).__name__ if session is not None else "?"
+
+    return Client(
+        "link", lambda job_id: Publisher(redis_scripts, job_id, TTL), link.aclose, lambda: 1, parser_in_use
     )
 
 
@@ -199,10 +251,30 @@ async def _timed(call: Awaitable[Any], sample: Sample, item: bool) -> float:
     return cpu
 
 
-async def one_stream(client: Client, jobs: int) -> Sample:
+def _enqueued(admin: redis.Redis, count: int) -> list[str]:
+    """Job ids with their state hash, as enqueue() leaves them (the scripts refuse a job without one)."""
+    ids = [keys.new_job_id() for _ in range(count)]
+    with admin.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hset(keys.state(job_id), mapping={"enqueued_at": repr(time.time()), "status": "queued"})
+            pipe.expire(keys.state(job_id), TTL)
+        pipe.execute()
+    return ids
+
+
+def _check_published(admin: redis.Redis, client: Client, job_id: str) -> None:
+    """The calls measured did publish (checked, not assumed): started, every item, done."""
+    if client.name != "none" and admin.xlen(keys.events(job_id)) != ITEMS + 2:
+        raise RuntimeError(
+            f"{client.name}: job {job_id} did not publish its {ITEMS} items: the scripts refused"
+        )
+
+
+async def one_stream(client: Client, jobs: int, admin: redis.Redis) -> Sample:
     sample = Sample()
-    for _ in range(jobs):
-        job = client.new_job(keys.new_job_id())
+    ids = _enqueued(admin, jobs)
+    for job_id in ids:
+        job = client.new_job(job_id)
         await asyncio.sleep(RESP_GAP)
         cpu = await _timed(job.start(MODEL), sample, False)
         for n in range(1, ITEMS + 1):
@@ -211,17 +283,20 @@ async def one_stream(client: Client, jobs: int) -> Sample:
         await asyncio.sleep(RESP_GAP)
         cpu += await _timed(job.done(_done(ITEMS)), sample, False)
         sample.job_cpu.append(cpu)
+    _check_published(admin, client, ids[-1])
     sample.jobs = jobs
     return sample
 
 
-async def many_streams(client: Client, jobs_each: int, seed: int) -> Sample:
+async def many_streams(client: Client, jobs_each: int, seed: int, admin: redis.Redis) -> Sample:
     sample = Sample()
+    made = _enqueued(admin, STREAMS * jobs_each)  # before the clock starts
+    ids = iter(made)
 
     async def stream(rng: random.Random) -> None:
         await asyncio.sleep(rng.uniform(0, RAMP))  # jobs arrive spread out, not all in one instant
         for _ in range(jobs_each):
-            job = client.new_job(keys.new_job_id())
+            job = client.new_job(next(ids))
             await job.start(MODEL)
             for n in range(1, ITEMS + 1):
                 await asyncio.sleep(rng.uniform(*GAPS))
@@ -236,6 +311,7 @@ async def many_streams(client: Client, jobs_each: int, seed: int) -> Sample:
     await asyncio.gather(*(stream(rng) for rng in rngs))
     sample.run_cpu = time.process_time() - cpu
     sample.jobs = STREAMS * jobs_each
+    _check_published(admin, client, made[-1])
     return sample
 
 
@@ -255,16 +331,20 @@ class Result:
 
 async def _measure(redis_url: str, runs: int, one_jobs: int, many_jobs: int) -> dict[str, Result]:
     clients = {
+        "link": _link(redis_url),
         "hiredis": _redis_asyncio(redis_url, None),
         "resp": _resp(redis_url),
         "python": _redis_asyncio(redis_url, _AsyncRESP2Parser),
         "floor": _none(),
     }
     results = {name: Result() for name in clients}
+    admin = redis.Redis.from_url(
+        redis_url
+    )  # makes the jobs' state, as enqueue() does, and checks the streams
     try:
         for client in clients.values():  # warm: connections, scripts, code paths
-            await one_stream(client, 2)
-            await many_streams(client, 1, seed=0)
+            await one_stream(client, 2, admin)
+            await many_streams(client, 1, seed=0, admin=admin)
         order = list(clients)
         for run in range(runs):
             order = order[1:] + order[:1]  # who goes first changes from run to run
@@ -272,18 +352,19 @@ async def _measure(redis_url: str, runs: int, one_jobs: int, many_jobs: int) -> 
                 client, result = clients[name], results[name]
                 if name != "floor":
                     gc.collect()
-                    one = await one_stream(client, one_jobs)
+                    one = await one_stream(client, one_jobs, admin)
                     result.one_item_cpu.append(statistics.fmean(one.item_cpu))
                     result.one_job_cpu.append(statistics.fmean(one.job_cpu))
                     result.one_p50.append(percentile(one.item_wall, 50))
                     result.one_p99.append(percentile(one.item_wall, 99))
-                many = await many_streams(client, many_jobs, seed=run + 1)
+                many = await many_streams(client, many_jobs, seed=run + 1, admin=admin)
                 result.many_job_cpu.append(many.run_cpu / many.jobs)
                 if name != "floor":
                     result.many_p50.append(percentile(many.item_wall, 50))
                     result.many_p99.append(percentile(many.item_wall, 99))
             for name, client in clients.items():
                 results[name].connections = max(results[name].connections, client.connections())
+        print(f"# 6 redis client: link: parser {clients['link'].parser()}, 1 connection")
         for name in ("hiredis", "python"):
             print(
                 f"# 6 redis client: {name}: parser {clients[name].parser()}, {results[name].connections} connections"
@@ -292,6 +373,7 @@ async def _measure(redis_url: str, runs: int, one_jobs: int, many_jobs: int) -> 
     finally:
         for client in clients.values():
             await client.close()
+        admin.close()
     return results
 
 
@@ -308,17 +390,23 @@ def measure(redis_url: str, runs: int, quick: bool = False) -> list[Row]:
     rows: list[Row] = []
 
     def add(name: str, attr: str, fmt: str, net: bool = False) -> None:
-        ours = med("hiredis", attr) - (floor if net else 0)
-        resp = med("resp", attr) - (floor if net else 0)
-        python = med("python", attr) - (floor if net else 0)
-        rows.append(
-            Row(
-                "6 redis client", name, fmt.format(ours), f"{fmt.format(resp)} (RESP client)", _vs(ours, resp)
+        ours = med("link", attr) - (floor if net else 0)
+        others = [
+            ("resp", "RESP client"),
+            ("hiredis", "redis.asyncio, hiredis"),
+            ("python", "redis.asyncio, Python parser"),
+        ]
+        for n, (other, label) in enumerate(others):
+            theirs = med(other, attr) - (floor if net else 0)
+            rows.append(
+                Row(
+                    "6 redis client" if n == 0 else "",
+                    name if n == 0 else "",
+                    fmt.format(ours) if n == 0 else "",
+                    f"{fmt.format(theirs)} ({label})",
+                    _vs(ours, theirs),
+                )
             )
-        )
-        rows.append(
-            Row("", "", "", f"{fmt.format(python)} (redis.asyncio, Python parser)", _vs(ours, python))
-        )
 
     add("1 stream: CPU per item (us)", "one_item_cpu", "{:.1f}")
     add("1 stream: CPU per job, START+10 items+FINISH (us)", "one_job_cpu", "{:.0f}")

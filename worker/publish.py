@@ -3,8 +3,9 @@
 `started` once per attempt, each `item` the moment it is checked (rank assigned in Redis, so a
 product_id appears at most once per job even across retries), and exactly one terminal event.
 The answers are typed: an attempt's number or why it must not run, an item's rank or why it
-was not published. It speaks through the worker's shared redis.asyncio client (hiredis
-parser); several items closed in one chunk go out in one non-transactional pipeline.
+was not published. It speaks through the worker's one Redis link (worker/redis_link.py), which
+every job of the process shares; several items closed in one chunk are sent together, one
+write, and their replies read in order (no MULTI: each item is its own atomic step).
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-import redis.asyncio
-
 from rankstream import keys, scripts
 from rankstream.codes import EventType
 from rankstream.models import Done, Failed
+
+from .redis_link import RedisLink, Script
 
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # built once, not per item
 
@@ -49,13 +50,13 @@ class Published:
 
 
 class RedisScripts:
-    """The job scripts, registered once per client: every job of a process shares them."""
+    """The job scripts and the link that calls them: every job of a process shares them."""
 
-    def __init__(self, client: redis.asyncio.Redis) -> None:
-        self.client = client
-        self.start = client.register_script(scripts.START)
-        self.publish_item = client.register_script(scripts.PUBLISH_ITEM)
-        self.finish = client.register_script(scripts.FINISH)
+    def __init__(self, link: RedisLink) -> None:
+        self.link = link
+        self.start = Script(scripts.START)
+        self.publish_item = Script(scripts.PUBLISH_ITEM)
+        self.finish = Script(scripts.FINISH)
 
 
 class Publisher:
@@ -63,7 +64,7 @@ class Publisher:
 
     def __init__(self, redis_scripts: RedisScripts, job_id: str, ttl: int, request_key: str | None = None):
         self._scripts = redis_scripts
-        self._client = redis_scripts.client
+        self._link = redis_scripts.link
         self.job_id = job_id
         self._keys = keys.job_keys(job_id)
         self._state = keys.state(job_id)
@@ -82,7 +83,7 @@ class Publisher:
             repr(time.time()),
             f"{self._token}:{self._calls}",
         ]
-        reply = await self._scripts.start(keys=self._keys, args=args)
+        reply = await self._link.evalsha(self._scripts.start, self._keys, args)
         if len(reply) == 1:
             return Refused(_text(reply[0]))
         number, published, enqueued = reply
@@ -92,30 +93,26 @@ class Publisher:
 
     async def publish(self, items: Sequence[tuple[str, dict[str, Any]]]) -> list[Published | Refused]:
         """Publish items in order (one round trip for all); each answer says its rank or why not."""
+        link, script = self._link, self._scripts.publish_item
         if len(items) == 1:
-            return [
-                _item_reply(
-                    await self._scripts.publish_item(keys=self._keys, args=self._item_args(*items[0]))
-                )
-            ]
-        async with self._client.pipeline(transaction=False) as pipe:
-            for product_id, fields in items:
-                await self._scripts.publish_item(
-                    keys=self._keys, args=self._item_args(product_id, fields), client=pipe
-                )
-            replies = await pipe.execute()
-        return [_item_reply(reply) for reply in replies]
+            return [_item_reply(await link.evalsha(script, self._keys, self._item_args(*items[0])))]
+
+        async def all_at_once() -> list[Any]:  # sent again together, in order, after a lost reply
+            sent = [link.send_script(script, self._keys, self._item_args(*item)) for item in items]
+            return await link.replies(sent)
+
+        return [_item_reply(reply) for reply in await link.retrying(all_at_once)]
 
     def _item_args(self, product_id: str, fields: dict[str, Any]) -> list[str | int | float]:
         body = _JSON.encode({"product_id": product_id, **fields})
         return [product_id, body[1:], self._ttl, repr(time.time()), self._number]
 
     async def cancel_requested(self) -> bool:
-        return bool(await self._client.hget(self._state, "cancel") == b"1")
+        return bool(await self._link.execute("HGET", self._state, "cancel") == b"1")
 
     async def moments(self) -> tuple[float | None, float | None]:
         """When the job first started, and when its first item was published (epoch seconds)."""
-        started, first_item = await self._client.hmget(self._state, ["started_at", "first_item_at"])
+        started, first_item = await self._link.execute("HMGET", self._state, "started_at", "first_item_at")
         return _float(started), _float(first_item)
 
     async def done(self, done: Done) -> bool:
@@ -129,10 +126,10 @@ class Publisher:
         # One token per type: a `done` this run wrote is no reason to report its `error` as written.
         token = f"{self._token}:{event_type}"
         args: list[str | int] = [str(event_type), data, self._ttl, repr(time.time()), token]
-        entry = await self._scripts.finish(keys=self._keys, args=args)
+        entry = await self._link.evalsha(self._scripts.finish, self._keys, args)
         if entry is not None and self._request_key is not None:
             # Its own slot on a cluster, so not in the script: the request_id lives as long as the stream.
-            await self._client.expire(self._request_key, self._ttl)
+            await self._link.execute("EXPIRE", self._request_key, self._ttl)
         return entry is not None
 
 

@@ -2,8 +2,8 @@
 
 Jobs spend seconds waiting on the LLM and milliseconds computing, so their I/O runs as
 coroutines on one event loop in a background thread, with one HTTP connection pool and one
-Redis connection pool (with the job scripts registered once) for all of them. RQ's thread
-hands each job's coroutine to this loop (worker/job.py) and waits for it.
+pipelined Redis connection (worker/redis_link.py, with the job scripts) for all of them. RQ's
+thread hands each job's coroutine to this loop (worker/job.py) and waits for it.
 """
 
 from __future__ import annotations
@@ -16,14 +16,13 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import openai
-import redis.asyncio
 
-from rankstream.connections import client_options
 from rankstream.exceptions import LLMNotConfigured
 from rankstream.settings import Settings, get_settings
 
 from .llm import make_client
 from .publish import RedisScripts
+from .redis_link import RedisLink
 
 if TYPE_CHECKING:
     from .job import Running
@@ -44,10 +43,8 @@ class Runtime:
         self._thread = threading.Thread(target=self.loop.run_forever, name="rankstream-io", daemon=True)
         self._thread.start()
         self.llm: openai.AsyncOpenAI = make_client(settings)
-        url = settings.redis_address
-        self.redis = redis.asyncio.Redis.from_url(
-            url, **client_options(url, settings.redis_timeout, for_asyncio=True)
-        )
+        # Connects on first use, on self.loop (the worker's start check pings it).
+        self.redis = RedisLink(settings.redis_address, settings.redis_timeout)
         self.scripts = RedisScripts(self.redis)
         self.started: dict[str, Running] = {}  # job id -> its coroutine, begun at dequeue
 
