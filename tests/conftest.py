@@ -14,12 +14,29 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from support.tls import Certificates, make_certificates
 
 from rankstream.dev.processes import rankstream, stop, wait_for, wait_for_worker
-from rankstream.dev.redis_server import RedisServer, free_port
+from rankstream.dev.redis_server import RedisServer, find_redis_server, free_port
+from rankstream.exceptions import RedisUnavailable
 from rankstream.settings import Settings
 
 __all__ = ["wait_for"]  # tests import it from here, beside the fixtures
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    """A test CA, a server certificate for 127.0.0.1 and localhost, a client pair, a second CA."""
+    return make_certificates(tmp_path_factory.mktemp("redis-tls"))
+
+
+@pytest.fixture
+def tls_redis_server(request: pytest.FixtureRequest) -> str:
+    """A redis-server built with TLS, or this test is skipped, saying which and why."""
+    try:
+        return find_redis_server(tls=True)
+    except RedisUnavailable as exc:
+        pytest.skip(f"{request.node.nodeid} NOT RUN: it needs a redis-server that speaks TLS: {exc}")
 
 
 @pytest.fixture(scope="session")

@@ -29,34 +29,19 @@ import redis
 from conftest import Simulator, WorkerProcess, finished_stream, make_settings, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from rq import Worker
-from support.tls import Certificates, make_certificates
+from support.tls import Certificates
 
 from producer import enqueue, events
 from rankstream import keys
 from rankstream.connections import redacted
 from rankstream.dev import example
-from rankstream.dev.redis_server import RedisServer, find_redis_server
-from rankstream.exceptions import RedisUnavailable
+from rankstream.dev.redis_server import RedisServer
 from rankstream.models import Event
 
 NO_LLM_NEEDED = "http://127.0.0.1:9/v1"  # a worker refused at start never calls it
 
 
 # --- TLS ------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
-    return make_certificates(tmp_path_factory.mktemp("redis-tls"))
-
-
-@pytest.fixture
-def tls_redis_server(request: pytest.FixtureRequest) -> str:
-    """A redis-server built with TLS, or this test is skipped, saying which and why."""
-    try:
-        return find_redis_server(tls=True)
-    except RedisUnavailable as exc:
-        pytest.skip(f"{request.node.nodeid} NOT RUN: it needs a redis-server that speaks TLS: {exc}")
 
 
 @pytest.fixture

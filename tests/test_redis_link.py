@@ -25,10 +25,9 @@ import redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
-from support.tls import Certificates, make_certificates
+from support.tls import Certificates
 
-from rankstream.dev.redis_server import RedisServer, find_redis_server
-from rankstream.exceptions import RedisUnavailable
+from rankstream.dev.redis_server import RedisServer
 from worker.redis_link import RedisLink, Script
 
 T = TypeVar("T")
@@ -302,19 +301,6 @@ class TestTrouble:
 
 
 # --- REDIS_URL's forms, served by redis-py's connection ---------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
-    return make_certificates(tmp_path_factory.mktemp("redis-link-tls"))
-
-
-@pytest.fixture
-def tls_redis_server(request: pytest.FixtureRequest) -> str:
-    try:
-        return find_redis_server(tls=True)
-    except RedisUnavailable as exc:
-        pytest.skip(f"{request.node.nodeid} NOT RUN: it needs a redis-server that speaks TLS: {exc}")
 
 
 def with_options(url: str, **options: str | Path) -> str:
