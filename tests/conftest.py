@@ -171,3 +171,15 @@ def finished_stream(connection: redis.Redis, job_id: str) -> list[dict[str, Any]
     stream = [parse_entry(entry_id, fields) for entry_id, fields in entries]
     assert sum(e.terminal for e in stream) == 1, [e.type for e in stream]
     return [{"type": e.type, "id": e.id, **e.data} for e in stream]
+
+
+def items(stream: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in stream if e["type"] == "item"]
+
+
+def assert_complete_ranking(stream: list[dict[str, Any]]) -> None:
+    """The example's ten products, ranked 1 to 10, each once, then `done`."""
+    ranked = items(stream)
+    assert [i["rank"] for i in ranked] == list(range(1, 11))
+    assert sorted(i["product_id"] for i in ranked) == sorted(str(n) for n in range(1, 11))
+    assert stream[-1]["type"] == "done" and stream[-1]["count"] == 10

@@ -15,11 +15,17 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
-from conftest import Simulator, WorkerProcess, finished_stream, make_settings, wait_for
+from conftest import (
+    Simulator,
+    WorkerProcess,
+    assert_complete_ranking,
+    finished_stream,
+    make_settings,
+    wait_for,
+)
 from rq import Worker
 from rq.command import send_stop_job_command
 from rq.job import Job, JobStatus
@@ -75,17 +81,6 @@ class Watcher:
         return self.most
 
 
-def items(stream: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [e for e in stream if e["type"] == "item"]
-
-
-def assert_complete(stream: list[dict[str, Any]]) -> None:
-    ranked = items(stream)
-    assert [i["rank"] for i in ranked] == list(range(1, 11))
-    assert sorted(i["product_id"] for i in ranked) == sorted(str(n) for n in range(1, 11))
-    assert stream[-1]["type"] == "done" and stream[-1]["count"] == 10
-
-
 def running(connection: redis.Redis, job_ids: list[str]) -> bool:
     """Every one of these jobs has published at least one item."""
     return all(
@@ -104,7 +99,7 @@ class TestManyJobsAtOnce:
         most = watcher.stop()
 
         for stream in streams:
-            assert_complete(stream)
+            assert_complete_ranking(stream)
         assert most == SLOTS  # all slots were used, and never more
         finished = FinishedJobRegistry(queue=ranking_queue(connection, settings))
         assert wait_for(lambda: len(finished.get_job_ids()) == 24, 10, "RQ to record every result")
@@ -139,10 +134,10 @@ class TestOneJobTouchesNoOther:
         other_streams = [finished_stream(connection, h.job_id) for h in others]
 
         assert [e["attempt"] for e in stalled_stream if e["type"] == "started"] == [1, 2]
-        assert_complete(stalled_stream)
+        assert_complete_ranking(stalled_stream)
         stalled_total = stalled_stream[-1]["timings"]["total"]
         for stream in other_streams:
-            assert_complete(stream)
+            assert_complete_ranking(stream)
             assert [e["attempt"] for e in stream if e["type"] == "started"] == [1]
             assert stream[-1]["timings"]["total"] < stalled_total  # nobody waited for the stalled one
 
@@ -156,7 +151,7 @@ class TestOneJobTouchesNoOther:
         attempts = sorted(len([e for e in s if e["type"] == "started"]) for s in streams)
         assert attempts == [1] * (SLOTS - 1) + [2]
         for stream in streams:
-            assert_complete(stream)
+            assert_complete_ranking(stream)
 
     def test_cancelling_one_of_8_running_jobs_ends_only_that_one(
         self, worker: WorkerProcess, settings: Settings, connection: redis.Redis
@@ -168,7 +163,7 @@ class TestOneJobTouchesNoOther:
         streams = [finished_stream(connection, h.job_id) for h in handles]
         assert streams[3][-1]["type"] == "error" and streams[3][-1]["code"] == "cancelled"
         for stream in streams[:3] + streams[4:]:
-            assert_complete(stream)
+            assert_complete_ranking(stream)
 
     def test_rqs_stop_job_command_stops_only_that_job(
         self, worker: WorkerProcess, settings: Settings, connection: redis.Redis
@@ -184,7 +179,7 @@ class TestOneJobTouchesNoOther:
             lambda: stopped.get_status(refresh=True) == JobStatus.STOPPED, 10, "RQ to say STOPPED"
         )
         for stream in streams[:5] + streams[6:]:
-            assert_complete(stream)
+            assert_complete_ranking(stream)
 
 
 class TestShutdown:
@@ -198,7 +193,7 @@ class TestShutdown:
 
         assert worker.process.wait(timeout=30) == 0
         for handle in handles[:SLOTS]:
-            assert_complete(finished_stream(connection, handle.job_id))
+            assert_complete_ranking(finished_stream(connection, handle.job_id))
         assert ranking_queue(connection, settings).count == 2  # the queue kept what was not taken
         assert Worker.count(queue=ranking_queue(connection, settings)) == 0
         worker.stop()

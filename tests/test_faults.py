@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import Simulator, WorkerProcess, finished_stream, make_settings
+from conftest import Simulator, WorkerProcess, assert_complete_ranking, finished_stream, items, make_settings
 from rq import Queue
 from rq.job import Job
 
@@ -52,17 +52,6 @@ def run(
 
     yield run_with
     sim.fault("none")
-
-
-def items(stream: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [e for e in stream if e["type"] == "item"]
-
-
-def assert_complete_ranking(stream: list[dict[str, Any]]) -> None:
-    ranked = items(stream)
-    assert [i["rank"] for i in ranked] == list(range(1, 11))
-    assert sorted(i["product_id"] for i in ranked) == sorted(str(n) for n in range(1, 11))
-    assert stream[-1]["type"] == "done" and stream[-1]["count"] == 10
 
 
 class TestBadOutputIsSkippedCountedAndReported:
