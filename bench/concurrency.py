@@ -30,7 +30,7 @@ children) and the jobs' state hashes (`enqueued_at`, `started_at`, `first_item_a
 
 The rankstream worker is a fresh process for each load (its idle memory is then its own); the
 pool serves both loads (each of its processes holds one job at a time, so its memory is flat).
-If py-spy is installed (`pip install py-spy`; `make bench-concurrency` does it), the steady load
+If py-spy is installed (the bench extras in pyproject.toml bring it), the steady load
 runs once more on a fresh rankstream worker with `py-spy record --pid --gil --nonblocking`
 attached for the load alone, and the samples are summarised by where the worker's CPU goes
 (category, thread, function). The machine's busy cores over each load (/proc/stat) are printed
