@@ -126,7 +126,16 @@ class RankingWorker(SimpleWorker):
     def execute_job(self, job: Job, queue: Queue) -> None:
         """Start the job and return at once: its end is recorded when its coroutine finishes."""
         running, failure = self._start(job)  # the LLM request leaves now; RQ's bookkeeping meanwhile
-        execution = self.prepare_execution(job)
+        try:
+            execution = self.prepare_execution(job)
+        except redis.RedisError as exc:  # RQ cannot record it: the job ends rather than run unseen
+            log.error("job %s: RQ could not record its start (%s); ending it", job.id, exc)
+            if running is not None:
+                running.stop(ErrorCode.INTERNAL)
+                running.future.add_done_callback(lambda _: self._slots.release())
+            else:
+                self._slots.release()
+            return
         try:
             self.prepare_job_execution(job, remove_from_intermediate_queue=len(self.queues) == 1)
             job.started_at = now()
