@@ -51,6 +51,11 @@ def job_keys(job_id: str) -> list[str]:
     return [state(job_id), events(job_id), published(job_id)]
 
 
+def leases(queue: str) -> str:
+    """Sorted set job_id -> when its worker's lease runs out (epoch seconds), per queue."""
+    return f"{PREFIX}:leases:{{{queue}}}"
+
+
 def request(request_id: str) -> str:
     """request_id -> job_id, so enqueueing one request_id twice gives one job."""
     digest = hashlib.sha256(request_id.encode("utf-8")).hexdigest()[:32]

@@ -84,3 +84,14 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 redis.call('HSET', KEYS[1], 'cancel', '1')
 return redis.call('HGET', KEYS[1], 'status')
 """
+
+# KEYS: [leases]. ARGV: job_id, now, until. Takes over a job whose lease ran out: only the one
+# caller that finds it still expired moves it to `until` and gets 1; everyone else gets 0.
+CLAIM_LEASE = """
+local held = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if held and tonumber(held) <= tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+  return 1
+end
+return 0
+"""

@@ -16,6 +16,7 @@ timeouts (each ranking keeps its own deadlines on the event loop: no SIGALRM).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
@@ -40,6 +41,7 @@ from rankstream.codes import ErrorCode
 from . import metrics
 from .guard import GuardedJob
 from .job import Running, outcome, refuse, request_of
+from .leases import Leases
 from .ranking import Result
 from .runtime import Runtime
 
@@ -76,6 +78,7 @@ class RankingWorker(SimpleWorker):
         self._stopping = threading.Event()
         self._cold = False
         self._beats = threading.Thread(target=self._beat, name="rankstream-heartbeat", daemon=True)
+        self._leases = Leases(self.connection, self.queues[0], runtime.settings)
         metrics.worker_slots.set(self.concurrency)
 
     # --- taking jobs ---------------------------------------------------------------------
@@ -148,9 +151,16 @@ class RankingWorker(SimpleWorker):
             return
         with self._lock:
             self._in_flight[execution.id] = _InFlight(job, queue, execution, running)
+        self._hold_lease(job)
         running.future.add_done_callback(
             lambda _: self._finishers.submit(self._finish, job, queue, execution, running)
         )
+
+    def _hold_lease(self, job: Job) -> None:
+        try:
+            self._leases.hold([job.id])
+        except redis.RedisError as exc:  # the next heartbeat takes it
+            log.warning("job %s: no lease yet (%s)", job.id, exc)
 
     def _start(self, job: Job) -> tuple[Running | None, ExcInfo | None]:
         try:
@@ -190,6 +200,8 @@ class RankingWorker(SimpleWorker):
                 self._in_flight.pop(execution.id, None)
                 idle = not self._in_flight
             self._slots.release()
+            with contextlib.suppress(redis.RedisError):  # else it runs out, and a reaper finds it ended
+                self._leases.release(job.id)
             if idle:
                 self.set_state(WorkerStatus.IDLE)
 
@@ -240,8 +252,9 @@ class RankingWorker(SimpleWorker):
     # --- heartbeats and shutdown ---------------------------------------------------------
 
     def _beat(self) -> None:
-        """Keep the worker and each execution alive in RQ's registries while jobs run."""
-        while not self._stopping.wait(HEARTBEAT_SECONDS):
+        """Keep the worker, each execution and each job's lease alive; take over run-out leases."""
+        every = min(HEARTBEAT_SECONDS, self._leases.renew_every)
+        while not self._stopping.wait(every):
             with self._lock:
                 running = list(self._in_flight.values())
             try:
@@ -250,7 +263,9 @@ class RankingWorker(SimpleWorker):
                     for entry in running:
                         ttl = self.get_heartbeat_ttl(entry.job)
                         entry.execution.heartbeat(entry.job.started_job_registry, ttl, pipe)
+                    self._leases.hold((entry.job.id for entry in running), pipe)
                     pipe.execute()
+                self._leases.reap()
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
 
