@@ -427,3 +427,35 @@ class TestRedisUnwritablePastTheLastAttempt:
 
         assert len(ended) == 1
         assert ended[0][b"type"] == b"error" and json.loads(ended[0][b"data"])["code"] == "internal"
+
+
+class TestRedisRestartedMidJob:
+    def test_every_running_job_ends_once_with_no_product_twice_and_the_worker_goes_on(
+        self, slow_sim: Simulator
+    ) -> None:
+        with RedisServer(aof=True) as server:
+            admin = server.client()
+            settings = make_settings(server.url)
+            worker = WorkerProcess(
+                settings, slow_sim, RANKSTREAM_CONCURRENCY="4", RANKSTREAM_MAX_ATTEMPTS="5"
+            )
+            try:
+                handles = [
+                    enqueue(example.example_request(), connection=admin, settings=settings) for _ in range(4)
+                ]
+                for handle in handles:
+                    wait_for_first_item(admin, handle.job_id)
+                server.restart()  # SIGKILL, then up again on the same port from its append-only file
+                admin = server.client()
+                streams = [finished_stream(admin, handle.job_id) for handle in handles]
+                following = enqueue(example.example_request(top_k=2), connection=admin, settings=settings)
+                next_job = finished_stream(admin, following.job_id)
+                alive = worker.alive()
+            finally:
+                output = worker.stop()
+                admin.close()
+
+        for stream in streams:
+            assert_each_product_once_in_rank_order(stream)
+        assert all(stream[-1]["type"] == "done" for stream in streams), [s[-1] for s in streams]
+        assert next_job[-1]["type"] == "done" and alive, output

@@ -105,6 +105,7 @@ class RedisServer:
       `ssl_*` options it needs (`?ssl_ca_certs=...`).
     - `unix_socket`: also listen on a socket in the server's own folder; `unix_url` names it.
     - `password`: `requirepass`; the URLs carry it (`redis://:PASSWORD@...`).
+    - `aof`: append-only file, fsynced on every write, so `restart()` loses nothing.
 
     `client()` is an admin connection of the caller's own, whatever the server asks for.
     """
@@ -118,12 +119,15 @@ class RedisServer:
         unix_socket: bool = False,
         password: str | None = None,
         binary: str | None = None,
+        aof: bool = False,
     ) -> None:
         self.port = port or free_port()
         self.tls = tls
         self.password = password
         self._unix_socket = unix_socket
         self._binary = binary
+        self._aof = aof
+        self._args: list[str] = []
         self._startup_timeout = startup_timeout
         self._process: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
@@ -154,7 +158,8 @@ class RedisServer:
             binary,
             "--bind", "127.0.0.1",
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self._aof else "no",
+            "--appendfsync", "always",
             "--dir", self._dir.name,
             "--daemonize", "no",
             "--loglevel", "warning",
@@ -175,9 +180,21 @@ class RedisServer:
             args += ["--unixsocket", self.socket_path, "--unixsocketperm", "700"]
         if self.password is not None:
             args += ["--requirepass", self.password]
+        self._args = args
         self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self._wait_until_ready()
         return self
+
+    def restart(self) -> None:
+        """Kill the server (SIGKILL: no goodbye to its clients) and start it again on the same
+        port and folder; with `aof` its data comes back."""
+        assert self._process is not None, "not started"
+        self._process.kill()
+        self._process.wait()
+        if self._process.stderr:
+            self._process.stderr.close()
+        self._process = subprocess.Popen(self._args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._wait_until_ready()
 
     def client(self, **options: Any) -> redis.Redis:
         """A client for the caller's own use (over TCP, with TLS and the password as needed)."""
