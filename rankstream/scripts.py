@@ -20,7 +20,8 @@ CANCEL = "cancel"  # cancel was asked; nothing more is published
 DUPLICATE = "duplicate"  # an earlier attempt published this product_id
 
 # ARGV: ttl, job_id, model, now, token (unique per call site and attempt).
-# Returns {attempt, {product_ids already published}, enqueued_at}, or {ENDED} / {CANCEL}.
+# Returns {attempt, {product_ids already published}, enqueued_at, started_at (of the first
+# attempt, by any worker)}, or {ENDED} / {CANCEL}.
 START = f"""
 if redis.call('EXISTS', KEYS[1]) == 0 then return {{'{ENDED}'}} end
 if redis.call('HEXISTS', KEYS[1], 'terminal') == 1 then return {{'{ENDED}'}} end
@@ -37,7 +38,8 @@ else
   redis.call('XADD', KEYS[2], '*', 'type', 'started', 'data', data)
   for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[1]) end
 end
-return {{attempt, redis.call('HKEYS', KEYS[3]), redis.call('HGET', KEYS[1], 'enqueued_at') or ''}}
+return {{attempt, redis.call('HKEYS', KEYS[3]), redis.call('HGET', KEYS[1], 'enqueued_at') or '',
+        redis.call('HGET', KEYS[1], 'started_at') or ''}}
 """
 
 # ARGV: product_id, the item's JSON object without its opening brace, ttl, now, attempt.

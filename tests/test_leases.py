@@ -22,12 +22,13 @@ from conftest import (
     make_settings,
     wait_for,
 )
+from rq import Queue
 from rq.job import Job, JobStatus
 
 from producer import enqueue
 from rankstream import keys
 from rankstream.dev import example
-from rankstream.queue import SERIALIZER
+from rankstream.queue import SERIALIZER, ranking_queue
 from rankstream.settings import Settings
 
 LEASE = 3.0
@@ -115,3 +116,28 @@ class TestAKilledWorker:
             assert int(error["id"].split("-")[0]) / 1000 - killed_at < LEASE
             assert 0 < len([e for e in stream if e["type"] == "item"]) < 10
         assert all(statuses)
+
+
+class TestAResumedJob:
+    def test_keeps_the_deadline_of_its_first_start(
+        self, redis_url: str, slow_sim: Simulator, connection: redis.Redis
+    ) -> None:
+        settings = make_settings(redis_url)
+        worker = WorkerProcess(settings, slow_sim, RANKSTREAM_JOB_TIMEOUT="4")
+        try:
+            # As a lost worker leaves it: first started 3.5 s ago, requeued by a reaper.
+            parked = settings.model_copy(update={"queue": f"{settings.queue}-parked"})
+            handle = enqueue(example.example_request(), settings=parked)
+            connection.hset(
+                keys.state(handle.job_id), mapping={"started_at": repr(time.time() - 3.5), "attempt": 1}
+            )
+            Queue(parked.queue, connection=connection, serializer=SERIALIZER).remove(handle.job_id)
+            job = Job.fetch(handle.job_id, connection=connection, serializer=SERIALIZER)
+            ranking_queue(connection, settings).enqueue_job(job)
+            stream = finished_stream(connection, handle.job_id)
+        finally:
+            worker.stop()
+
+        # A fresh start would have had 4 s, enough for the whole ranking (about 3 s).
+        assert stream[-1]["type"] == "error" and stream[-1]["code"] == "timeout"
+        assert len([e for e in stream if e["type"] == "item"]) < 10

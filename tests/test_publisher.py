@@ -44,8 +44,8 @@ class TestRetriedCalls:
         again = start(keys=job_keys, args=[60, job_id, "m", 2.0, "token:1"])
         second = start(keys=job_keys, args=[60, job_id, "m", 3.0, "token:2"])
 
-        assert first == again == [1, [], b"1.0"]
-        assert second[0] == 2
+        assert first == again == [1, [], b"1.0", b"2.0"]
+        assert second[0] == 2 and second[3] == b"2.0"  # the first attempt's start is kept
         assert entries(connection, job_id) == [b"started", b"started"]
 
     def test_a_repeated_item_keeps_its_rank_and_another_attempt_gets_duplicate(
@@ -93,7 +93,10 @@ class TestPublisher:
                 await link.aclose()
 
         attempt, many, one, late, restart = asyncio.run(run())
-        assert attempt == Attempt(number=1, published=frozenset(), enqueued_at=1.0)
+        assert isinstance(attempt, Attempt) and attempt.started_at is not None
+        assert attempt == Attempt(
+            number=1, published=frozenset(), enqueued_at=1.0, started_at=attempt.started_at
+        )
         assert many == [Published(rank) for rank in range(1, 6)]
         assert one == [Published(1)]  # the same attempt sent it again: its rank, not a second entry
         assert late == [Refused.JOB_ENDED] and restart is Refused.JOB_ENDED

@@ -42,6 +42,7 @@ class Attempt:
     number: int  # 1-based, counted in Redis across workers
     published: frozenset[str]  # product_ids earlier attempts put on the stream
     enqueued_at: float | None
+    started_at: float | None = None  # epoch seconds of the job's first attempt, by any worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +87,10 @@ class Publisher:
         reply = await self._link.evalsha(self._scripts.start, self._keys, args)
         if len(reply) == 1:
             return Refused(_text(reply[0]))
-        number, published, enqueued = reply
+        number, published, enqueued, started = reply
         self._number = int(number)
         ids = frozenset(_text(product_id) for product_id in published)
-        return Attempt(int(number), ids, float(enqueued) if enqueued else None)
+        return Attempt(int(number), ids, _float(enqueued), _float(started))
 
     async def publish(self, items: Sequence[tuple[str, dict[str, Any]]]) -> list[Published | Refused]:
         """Publish items in order (one round trip for all); each answer says its rank or why not."""

@@ -144,7 +144,6 @@ class Ranking:
             self._task.cancel()
 
     async def _run(self) -> Result:
-        deadline = self._deadline
         tries = 0  # counted here too: a START that Redis never answered has no number
         while True:
             tries += 1
@@ -159,7 +158,7 @@ class Ranking:
                 chat = self._chat_for_what_is_left()
                 if chat is None:  # earlier attempts published all there is to ask for
                     return await self._done()
-                await self._attempt(deadline, chat)
+                await self._attempt(self._deadline, chat)
             except Stopped as stop:
                 if stop.reason is StopReason.JOB_ENDED:
                     return Result(Ending.SKIPPED)
@@ -176,7 +175,7 @@ class Ranking:
                 if self.count > 0:
                     return await self._done()
                 failure = retry.NO_ITEMS
-            ended = await self._retry_or_fail(failure, max(tries, self.attempt), deadline)
+            ended = await self._retry_or_fail(failure, max(tries, self.attempt), self._deadline)
             if ended is not None:
                 return ended
 
@@ -187,6 +186,11 @@ class Ranking:
         self.attempt = attempt.number
         self.count = max(self.count, len(attempt.published))
         self.report.started(attempt.enqueued_at)
+        if (
+            attempt.started_at is not None
+        ):  # a job resumed from a lost worker keeps its first start's deadline
+            first_start_deadline = attempt.started_at + self.settings.job_timeout
+            self._deadline = min(self._deadline, time.monotonic() + first_start_deadline - time.time())
 
     def _chat_for_what_is_left(self) -> dict[str, Any] | None:
         """The LLM request for the candidates not yet published, or None when none is wanted.
