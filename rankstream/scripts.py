@@ -97,3 +97,11 @@ if held and tonumber(held) <= tonumber(ARGV[2]) then
 end
 return 0
 """
+
+# KEYS: [leases]. ARGV: job_id, until. Drops a lease only if it is still the one a takeover set
+# (`until`): a worker that has since taken the job up holds it with another score, and keeps it.
+RELEASE_CLAIM = """
+local held = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if held and tonumber(held) == tonumber(ARGV[2]) then return redis.call('ZREM', KEYS[1], ARGV[1]) end
+return 0
+"""

@@ -42,6 +42,7 @@ class Leases:
         self._settings = settings
         self._key = keys.leases(queue.name)
         self._claim = connection.register_script(scripts.CLAIM_LEASE)
+        self._release_claim = connection.register_script(scripts.RELEASE_CLAIM)
         self._finish = connection.register_script(scripts.FINISH)
 
     @property
@@ -69,26 +70,30 @@ class Leases:
         taken = 0
         for raw in expired:
             job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
-            if self._claim(keys=[self._key], args=[job_id, now, self._until()]) == 1:
+            until = repr(self._until())
+            if self._claim(keys=[self._key], args=[job_id, now, until]) == 1:
                 taken += 1
-                self._take_over(job_id)
+                self._take_over(job_id, until)
         return taken
 
-    def _take_over(self, job_id: str) -> None:
+    def _take_over(self, job_id: str, until: str) -> None:
         raw: dict[bytes, bytes] = self._connection.hgetall(keys.state(job_id))  # type: ignore[assignment]
         state = {k.decode(): v.decode() for k, v in raw.items()}
-        if not state or "terminal" in state:
-            self.release(job_id)  # it ended (or expired) after all
-            return
-        attempts = int(state.get("attempt", "0"))
-        started = float(state.get("started_at") or state.get("enqueued_at") or time.time())
-        if attempts < self._settings.max_attempts and started + self._settings.job_timeout > time.time():
-            log.warning("job %s: its worker is gone; resuming it (attempt %d was its last)", job_id, attempts)
-            self._requeue(job_id)
-        else:
-            log.warning("job %s: its worker is gone and it has no attempt or time left; ending it", job_id)
-            self._end(job_id, attempts, state.get("request_key"))
-        self.release(job_id)
+        if state and "terminal" not in state:
+            attempts = int(state.get("attempt", "0"))
+            started = float(state.get("started_at") or state.get("enqueued_at") or time.time())
+            if attempts < self._settings.max_attempts and started + self._settings.job_timeout > time.time():
+                log.warning(
+                    "job %s: its worker is gone; resuming it (attempt %d was its last)", job_id, attempts
+                )
+                self._requeue(job_id)
+            else:
+                log.warning(
+                    "job %s: its worker is gone and it has no attempt or time left; ending it", job_id
+                )
+                self._end(job_id, attempts, state.get("request_key"))
+        # Only our claim: the worker that took the requeued job up may already hold a lease of its own.
+        self._release_claim(keys=[self._key], args=[job_id, until])
 
     def _requeue(self, job_id: str) -> None:
         try:

@@ -128,6 +128,7 @@ class RankingWorker(SimpleWorker):
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         """Start the job and return at once: its end is recorded when its coroutine finishes."""
+        self._hold_lease(job)  # first: should this process die from here on, a reaper finds the job
         running, failure = self._start(job)  # the LLM request leaves now; RQ's bookkeeping meanwhile
         try:
             execution = self.prepare_execution(job)
@@ -151,7 +152,6 @@ class RankingWorker(SimpleWorker):
             return
         with self._lock:
             self._in_flight[execution.id] = _InFlight(job, queue, execution, running)
-        self._hold_lease(job)
         running.future.add_done_callback(
             lambda _: self._finishers.submit(self._finish, job, queue, execution, running)
         )
