@@ -118,6 +118,28 @@ class TestAKilledWorker:
         assert all(statuses)
 
 
+class TestAJobItsWorkerDiedTaking:
+    def test_is_put_back_on_the_queue_and_ranked_within_the_lease(
+        self, redis_url: str, slow_sim: Simulator, connection: redis.Redis
+    ) -> None:
+        settings = make_settings(redis_url)
+        queue = ranking_queue(connection, settings)
+        handle = enqueue(example.example_request(), settings=settings)
+        # As a worker leaves it when killed between dequeueing the job and taking its lease.
+        assert connection.lmove(queue.key, queue.intermediate_queue_key, "LEFT", "RIGHT")
+        worker = WorkerProcess(settings, slow_sim, RANKSTREAM_LEASE_SECONDS=str(LEASE))
+        up = time.time()
+        try:
+            stream = finished_stream(connection, handle.job_id)
+        finally:
+            worker.stop()
+
+        assert_complete_ranking(stream)
+        started = int(stream[0]["id"].split("-")[0]) / 1000
+        assert started - up < LEASE  # not RQ's own cleanup of its intermediate list, a minute later
+        assert not connection.lrange(queue.intermediate_queue_key, 0, -1)
+
+
 class TestAResumedJob:
     def test_keeps_the_deadline_of_its_first_start(
         self, redis_url: str, slow_sim: Simulator, connection: redis.Redis

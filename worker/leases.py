@@ -43,6 +43,7 @@ class Leases:
         self._key = keys.leases(queue.name)
         self._claim = connection.register_script(scripts.CLAIM_LEASE)
         self._release_claim = connection.register_script(scripts.RELEASE_CLAIM)
+        self._seen_dequeued: set[str] = set()  # in RQ's intermediate list at the last look
         self._finish = connection.register_script(scripts.FINISH)
 
     @property
@@ -64,7 +65,33 @@ class Leases:
         self._connection.zrem(self._key, job_id)
 
     def reap(self) -> int:
-        """Take over every job whose lease ran out; how many this worker took."""
+        """Take over every job whose lease ran out, and every orphan; how many this worker took."""
+        return self._reap_expired() + self._reap_orphans()
+
+    def _reap_orphans(self) -> int:
+        """Jobs a worker dequeued and died with before it could take their lease.
+
+        A dequeued job waits in RQ's intermediate list only for the few milliseconds before its
+        worker takes its lease and starts it; one still there a whole look later, with no lease,
+        lost its worker. The first reaper to lease it puts it back on the queue.
+        """
+        raw = self._connection.lrange(self._queue.intermediate_queue_key, 0, -1)
+        listed = {item.decode() if isinstance(item, bytes) else str(item) for item in raw}
+        stale, self._seen_dequeued = listed & self._seen_dequeued, listed
+        taken = 0
+        for job_id in stale:
+            until = repr(self._until())
+            if not self._connection.zadd(self._key, {job_id: until}, nx=True):
+                continue  # it has a lease: its worker is alive, or the expiry reaper deals with it
+            if self._connection.lrem(self._queue.intermediate_queue_key, 1, job_id):
+                taken += 1
+                log.warning("job %s: its worker died as it took the job; putting it back", job_id)
+                self._take_over(job_id, until)
+            else:  # a worker moved it on meanwhile
+                self._release_claim(keys=[self._key], args=[job_id, until])
+        return taken
+
+    def _reap_expired(self) -> int:
         now = time.time()
         expired = self._connection.zrangebyscore(self._key, "-inf", now, start=0, num=REAP_BATCH)
         taken = 0
