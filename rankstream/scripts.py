@@ -105,3 +105,13 @@ local held = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if held and tonumber(held) == tonumber(ARGV[2]) then return redis.call('ZREM', KEYS[1], ARGV[1]) end
 return 0
 """
+
+# KEYS: [leases]. ARGV: seconds, job_id... Takes or renews these jobs' leases until Redis's own
+# now + seconds: a renewal that waited out a Redis stall is fresh when it lands, and every
+# worker's leases run on one clock, whatever their hosts' clocks say.
+HOLD_LEASES = """
+local t = redis.call('TIME')
+local expiry = tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ARGV[1])
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], string.format('%.6f', expiry), ARGV[i]) end
+return #ARGV - 1
+"""

@@ -42,6 +42,7 @@ class Leases:
         self._settings = settings
         self._key = keys.leases(queue.name)
         self._claim = connection.register_script(scripts.CLAIM_LEASE)
+        self._hold = connection.register_script(scripts.HOLD_LEASES)
         self._release_claim = connection.register_script(scripts.RELEASE_CLAIM)
         self._seen_dequeued: set[str] = set()  # in RQ's intermediate list at the last look
         self._finish = connection.register_script(scripts.FINISH)
@@ -51,22 +52,30 @@ class Leases:
         """How often a holder renews (and looks for run-out leases)."""
         return self._settings.lease_seconds / 6
 
-    def _until(self) -> float:
-        return time.time() + self._settings.lease_seconds * 2 / 3
+    @property
+    def _length(self) -> float:
+        return self._settings.lease_seconds * 2 / 3
+
+    def _now(self) -> float:
+        """Redis's clock: the one every worker's leases are measured on."""
+        seconds, micros = self._connection.time()
+        return seconds + micros / 1_000_000
 
     def hold(self, job_ids: Iterable[str], pipe: redis.client.Pipeline | None = None) -> None:
         """Take or renew the leases of these running jobs."""
-        until = self._until()
-        mapping = dict.fromkeys(job_ids, until)
-        if mapping:
-            (pipe if pipe is not None else self._connection).zadd(self._key, mapping)
+        ids = list(job_ids)
+        if ids:
+            self._hold(keys=[self._key], args=[self._length, *ids], client=pipe)
 
     def release(self, job_id: str) -> None:
         self._connection.zrem(self._key, job_id)
 
-    def reap(self) -> int:
-        """Take over every job whose lease ran out, and every orphan; how many this worker took."""
-        return self._reap_expired() + self._reap_orphans()
+    def reap(self, mine: Iterable[str] = ()) -> int:
+        """Take over every job whose lease ran out, and every orphan; how many this worker took.
+
+        `mine`: the jobs this worker runs. Their leases are its own to renew, never to take over.
+        """
+        return self._reap_expired(set(mine)) + self._reap_orphans()
 
     def _reap_orphans(self) -> int:
         """Jobs a worker dequeued and died with before it could take their lease.
@@ -80,7 +89,7 @@ class Leases:
         stale, self._seen_dequeued = listed & self._seen_dequeued, listed
         taken = 0
         for job_id in stale:
-            until = repr(self._until())
+            until = repr(self._now() + self._length)
             if not self._connection.zadd(self._key, {job_id: until}, nx=True):
                 continue  # it has a lease: its worker is alive, or the expiry reaper deals with it
             if self._connection.lrem(self._queue.intermediate_queue_key, 1, job_id):
@@ -91,13 +100,15 @@ class Leases:
                 self._release_claim(keys=[self._key], args=[job_id, until])
         return taken
 
-    def _reap_expired(self) -> int:
-        now = time.time()
+    def _reap_expired(self, mine: set[str]) -> int:
+        now = self._now()
         expired = self._connection.zrangebyscore(self._key, "-inf", now, start=0, num=REAP_BATCH)
         taken = 0
         for raw in expired:
             job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
-            until = repr(self._until())
+            if job_id in mine:
+                continue
+            until = repr(now + self._length)
             if self._claim(keys=[self._key], args=[job_id, now, until]) == 1:
                 taken += 1
                 self._take_over(job_id, until)

@@ -265,7 +265,7 @@ class RankingWorker(SimpleWorker):
                         entry.execution.heartbeat(entry.job.started_job_registry, ttl, pipe)
                     self._leases.hold((entry.job.id for entry in running), pipe)
                     pipe.execute()
-                self._leases.reap()
+                self._leases.reap(mine=(entry.job.id for entry in running))
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
 
