@@ -183,3 +183,13 @@ def assert_complete_ranking(stream: list[dict[str, Any]]) -> None:
     assert [i["rank"] for i in ranked] == list(range(1, 11))
     assert sorted(i["product_id"] for i in ranked) == sorted(str(n) for n in range(1, 11))
     assert stream[-1]["type"] == "done" and stream[-1]["count"] == 10
+
+
+def streaming(connection: redis.Redis, job_ids: list[str]) -> bool:
+    """Each of these jobs has an item on its stream (and so is mid-stream, or past it)."""
+    from rankstream import keys
+
+    return all(
+        any(fields[b"type"] == b"item" for _, fields in connection.xrange(keys.events(job_id)))
+        for job_id in job_ids
+    )

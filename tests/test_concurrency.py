@@ -24,6 +24,7 @@ from conftest import (
     assert_complete_ranking,
     finished_stream,
     make_settings,
+    streaming,
     wait_for,
 )
 from rq import Worker
@@ -32,7 +33,6 @@ from rq.job import Job, JobStatus
 from rq.registry import FinishedJobRegistry, StartedJobRegistry
 
 from producer import cancel, enqueue
-from rankstream import keys
 from rankstream.dev import example
 from rankstream.queue import SERIALIZER, ranking_queue
 from rankstream.settings import Settings
@@ -79,14 +79,6 @@ class Watcher:
         self._done.set()
         self._thread.join()
         return self.most
-
-
-def running(connection: redis.Redis, job_ids: list[str]) -> bool:
-    """Every one of these jobs has published at least one item."""
-    return all(
-        any(fields[b"type"] == b"item" for _, fields in connection.xrange(keys.events(job_id)))
-        for job_id in job_ids
-    )
 
 
 class TestManyJobsAtOnce:
@@ -157,7 +149,7 @@ class TestOneJobTouchesNoOther:
         self, worker: WorkerProcess, settings: Settings, connection: redis.Redis
     ) -> None:
         handles = [enqueue(example.example_request(), settings=settings) for _ in range(SLOTS)]
-        wait_for(lambda: running(connection, [h.job_id for h in handles]), 10, "all eight to stream")
+        wait_for(lambda: streaming(connection, [h.job_id for h in handles]), 10, "all eight to stream")
         cancel(handles[3], settings=settings)
 
         streams = [finished_stream(connection, h.job_id) for h in handles]
@@ -169,7 +161,7 @@ class TestOneJobTouchesNoOther:
         self, worker: WorkerProcess, settings: Settings, connection: redis.Redis
     ) -> None:
         handles = [enqueue(example.example_request(), settings=settings) for _ in range(SLOTS)]
-        wait_for(lambda: running(connection, [h.job_id for h in handles]), 10, "all eight to stream")
+        wait_for(lambda: streaming(connection, [h.job_id for h in handles]), 10, "all eight to stream")
         send_stop_job_command(connection, handles[5].job_id, serializer=SERIALIZER)
 
         streams = [finished_stream(connection, h.job_id) for h in handles]
@@ -188,7 +180,7 @@ class TestShutdown:
     ) -> None:
         worker = WorkerProcess(settings, paced_sim, RANKSTREAM_CONCURRENCY=str(SLOTS))
         handles = [enqueue(example.example_request(), settings=settings) for _ in range(SLOTS + 2)]
-        wait_for(lambda: running(connection, [h.job_id for h in handles[:SLOTS]]), 10, "eight to stream")
+        wait_for(lambda: streaming(connection, [h.job_id for h in handles[:SLOTS]]), 10, "eight to stream")
         worker.process.send_signal(signal.SIGTERM)
 
         assert worker.process.wait(timeout=30) == 0
@@ -205,7 +197,7 @@ class TestShutdown:
         worker = WorkerProcess(settings, slow, RANKSTREAM_CONCURRENCY="4", RANKSTREAM_SHUTDOWN_GRACE="0.5")
         try:
             handles = [enqueue(example.example_request(), settings=settings) for _ in range(4)]
-            wait_for(lambda: running(connection, [h.job_id for h in handles]), 10, "four to stream")
+            wait_for(lambda: streaming(connection, [h.job_id for h in handles]), 10, "four to stream")
             worker.process.send_signal(signal.SIGTERM)
             assert worker.process.wait(timeout=30) == 0
             streams = [finished_stream(connection, h.job_id) for h in handles]
@@ -223,7 +215,7 @@ class TestShutdown:
         worker = WorkerProcess(settings, slow, RANKSTREAM_CONCURRENCY="4", RANKSTREAM_SHUTDOWN_GRACE="60")
         try:
             handles = [enqueue(example.example_request(), settings=settings) for _ in range(4)]
-            wait_for(lambda: running(connection, [h.job_id for h in handles]), 10, "four to stream")
+            wait_for(lambda: streaming(connection, [h.job_id for h in handles]), 10, "four to stream")
             worker.process.send_signal(signal.SIGTERM)
             time.sleep(1.1)  # not a guess: RQ ignores a second signal within a second of the first
             worker.process.send_signal(signal.SIGTERM)
@@ -241,7 +233,7 @@ class TestRQSeesTheTruth:
         self, worker: WorkerProcess, settings: Settings, connection: redis.Redis
     ) -> None:
         handles = [enqueue(example.example_request(), settings=settings) for _ in range(SLOTS)]
-        wait_for(lambda: running(connection, [h.job_id for h in handles]), 10, "eight to stream")
+        wait_for(lambda: streaming(connection, [h.job_id for h in handles]), 10, "eight to stream")
         during = rq_info(settings)
         for handle in handles:
             finished_stream(connection, handle.job_id)

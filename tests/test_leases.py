@@ -20,6 +20,7 @@ from conftest import (
     assert_complete_ranking,
     finished_stream,
     make_settings,
+    streaming,
     wait_for,
 )
 from rq import Queue
@@ -40,14 +41,6 @@ def slow_sim() -> Iterator[Simulator]:
     simulator = Simulator(ttft=0.05, tokens_per_second=20)  # about three seconds a job
     yield simulator
     simulator.stop()
-
-
-def streaming(connection: redis.Redis, job_ids: list[str]) -> bool:
-    """Each of these jobs has an item on its stream (and so is mid-stream)."""
-    return all(
-        any(fields[b"type"] == b"item" for _, fields in connection.xrange(keys.events(job_id)))
-        for job_id in job_ids
-    )
 
 
 def kill_mid_stream(
