@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     concurrency: int = Field(default=DEFAULT_CONCURRENCY, ge=1, le=1000)
     shutdown_grace: float = Field(default=30.0, ge=0)
     fallback: bool = True
+    # How the streamed completion is sent: worker/http_stream.py, or the openai client's own stack.
+    llm_http: Literal["hand-written", "sdk"] = "hand-written"
     redis_timeout: float = Field(default=5.0, gt=0)
 
     metrics_port: int = Field(default=9464, ge=0, le=65535)

@@ -22,7 +22,7 @@ from rankstream.dev import example
 from rankstream.dev.redis_server import free_port
 from rankstream.settings import Settings
 from worker import prompt
-from worker.llm import make_client, stream_deltas
+from worker.llm import LLMClient, make_client, stream_deltas
 from worker.network import http_client
 
 TIMEOUT = httpx2.Timeout(5.0)
@@ -47,7 +47,9 @@ def completion(base_url: str, http: httpx2.AsyncClient | None = None) -> str:
         client = (
             make_client(Settings(), base_url)
             if http is None
-            else openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, http_client=http)
+            else LLMClient(
+                openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, http_client=http), http
+            )
         )
         texts: list[str] = []
         try:

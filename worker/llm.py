@@ -8,6 +8,7 @@ argument fragment; both are just text to the extractor.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -23,7 +24,9 @@ import openai
 from rankstream.models import Usage
 from rankstream.settings import Settings
 
+from .http_stream import Response, Route, StreamingPost
 from .network import http_client, limits_for
+from .transport import BackendTransport
 
 # A server that wants no key (a local vLLM, llama.cpp, the simulator) still gets one: the client insists.
 KEYLESS = "no-key"
@@ -46,20 +49,110 @@ class LLMStreamError(Exception):
     """The server sent an error inside the stream, or broke the SSE framing."""
 
 
-def make_client(settings: Settings, base_url: str | None = None) -> openai.AsyncOpenAI:
+class LLMClient:
+    """One per worker process, shared by every job: the openai client, and the streamed POST.
+
+    The openai client decides everything a request carries: base URL, key, organisation and
+    project, its headers, its environment. The streamed completion, which the worker sends a
+    thousand times a minute, is then sent over worker/http_stream.py with exactly the URL and
+    headers the client would have sent (captured once from the client itself), on the route
+    httpx2 would have taken (its environment proxies). A route that module does not serve
+    (a SOCKS or https:// proxy, a redirect) stays on the openai client's own HTTP stack.
+    """
+
+    def __init__(
+        self, sdk: openai.AsyncOpenAI, http: httpx2.AsyncClient, *, hand_written: bool = True
+    ) -> None:
+        """`http` is the client `sdk` was made with (worker/network.py's `http_client`)."""
+        self.sdk = sdk
+        self._http = http
+        timeout = sdk.timeout
+        self._timeout = timeout if isinstance(timeout, httpx2.Timeout) else httpx2.Timeout(timeout)
+        self._hand_written = hand_written
+        self._post: asyncio.Future[StreamingPost | None] | None = None
+
+    async def streaming_post(self) -> StreamingPost | None:
+        """The hand-written path for the streamed completion, or None: use the openai client's."""
+        if not self._hand_written:
+            return None
+        if self._post is None:
+            self._post = asyncio.ensure_future(self._prepare())
+        try:
+            return await asyncio.shield(self._post)
+        except Exception:
+            self._post = None  # try again next time (a capture that failed says why on the SDK path)
+            raise
+
+    async def _prepare(self) -> StreamingPost | None:
+        request = await _captured_request(self.sdk)
+        url = request.url
+        transport = self._http._transport_for_url(url)
+        if url.scheme not in ("http", "https") or not isinstance(transport, BackendTransport):
+            return None
+        proxy = transport.proxy
+        if proxy is not None and proxy.url.scheme != "http":
+            return None  # TLS to the proxy itself, or SOCKS: httpcore2 does those
+        headers = [(name, value) for name, value in request.headers.raw if name.lower() not in _OWN_HEADERS]
+        headers.append((b"Accept-Encoding", b"identity"))  # a compressed stream arrives in lumps
+        return StreamingPost(url, headers, Route.through(url, proxy), transport.ssl_context, self._timeout)
+
+    async def close(self) -> None:
+        if self._post is not None and self._post.done() and not self._post.exception():
+            post = self._post.result()
+            if post is not None:
+                await post.aclose()
+        await self.sdk.close()
+
+
+# Headers the hand-written POST writes itself, per connection or per body.
+_OWN_HEADERS = {b"host", b"content-length", b"transfer-encoding", b"connection", b"accept-encoding"}
+
+
+class _Captured(Exception):
+    def __init__(self, request: httpx2.Request) -> None:
+        super().__init__("captured")
+        self.request = request
+
+
+class _Capture(httpx2.AsyncBaseTransport):
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        raise _Captured(request)
+
+
+async def _captured_request(sdk: openai.AsyncOpenAI) -> httpx2.Request:
+    """The request the openai client would send for a streamed chat completion, never sent."""
+    capture = httpx2.AsyncClient(transport=_Capture())
+    try:
+        await sdk.with_options(http_client=capture, max_retries=0).chat.completions.create(
+            model="-", messages=[{"role": "user", "content": "-"}], stream=True
+        )
+    except _Captured as captured:
+        return captured.request
+    except openai.APIConnectionError as exc:  # an SDK that wraps what its transport raises
+        if isinstance(exc.__cause__, _Captured):
+            return exc.__cause__.request
+        raise
+    finally:
+        await capture.aclose()
+    raise AssertionError("the capture transport answered")
+
+
+def make_client(settings: Settings, base_url: str | None = None) -> LLMClient:
     """One client per worker process: its connection pool is shared by every job."""
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else KEYLESS
     # The job's watchdog enforces first-token, idle and job deadlines precisely; the socket
     # timeouts here only catch what a watchdog cannot (a connect that never completes).
     read = max(settings.first_token_timeout, settings.idle_timeout) + 5
     timeout = httpx2.Timeout(connect=10.0, read=read, write=10.0, pool=10.0)
-    return openai.AsyncOpenAI(
+    http = http_client(timeout, limits=limits_for(settings.concurrency))
+    sdk = openai.AsyncOpenAI(
         api_key=key,
         base_url=base_url or settings.openai_base_url,
         max_retries=0,  # the job retries, so it can count causes, keep deadlines and say `started`
         timeout=timeout,
-        http_client=http_client(timeout, limits=limits_for(settings.concurrency)),
+        http_client=http,
     )
+    return LLMClient(sdk, http, hand_written=settings.llm_http == "hand-written")
 
 
 # A chunk's text is the JSON string after "content" or "arguments" (there is one choice, n=1).
@@ -122,7 +215,7 @@ class SSEDecoder:
 
 @asynccontextmanager
 async def stream_deltas(
-    client: openai.AsyncOpenAI, request: dict[str, Any]
+    client: LLMClient, request: dict[str, Any]
 ) -> AsyncIterator[tuple[StreamState, AsyncIterator[list[str]]]]:
     """Open the streamed completion; yields (state, batches of text deltas).
 
@@ -131,30 +224,56 @@ async def stream_deltas(
     """
     state = StreamState(requested_at=time.time(), last_chunk_at=time.monotonic())
     body = {**request, "stream": True}
-    async with client.chat.completions.with_streaming_response.create(**body) as response:
-        yield state, _deltas(response.http_response, state)
+    post = await client.streaming_post()
+    if post is not None:
+        response = await post.post(
+            json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        )
+        try:
+            if 200 <= response.status < 300:
+                yield state, _deltas(response.aiter_bytes(), state)
+                return
+            if not 300 <= response.status < 400:
+                raise await _status_error(client, post, response)
+        finally:
+            response.release()
+        # a redirect: the openai client's stack follows it, as it always has
+    async with client.sdk.chat.completions.with_streaming_response.create(**body) as sdk_response:
+        yield state, _deltas(sdk_response.http_response.aiter_bytes(), state)
 
 
-async def _deltas(response: httpx2.Response, state: StreamState) -> AsyncIterator[list[str]]:
+async def _status_error(client: LLMClient, post: StreamingPost, response: Response) -> openai.APIStatusError:
+    """The openai client's own error for an answer that is not a success (RateLimitError, ...)."""
+    content = await response.read()
+    headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in response.head.headers]
+    as_httpx = httpx2.Response(response.status, headers=headers, content=content, request=post.request)
+    return client.sdk._make_status_error_from_response(as_httpx)
+
+
+async def _deltas(body: AsyncIterator[bytes], state: StreamState) -> AsyncIterator[list[str]]:
     decoder = SSEDecoder()
     monotonic = time.monotonic
-    async for chunk in response.aiter_bytes():
-        if state.completed:
-            continue  # read the body to its end, so the connection goes back to the pool
-        state.last_chunk_at = monotonic()
-        texts: list[str] = []
-        for payload in decoder.feed(chunk):
-            if payload == b"[DONE]":
-                state.completed = True
-                break
-            text = payload_text(payload, state)
-            if text:
-                texts.append(text)
-        if texts:
-            if state.first_token_at is None:
-                state.first_token_at = time.time()
-            state.chunks += len(texts)
-            yield texts
+    try:
+        async for chunk in body:
+            if state.completed:
+                continue  # read the body to its end, so the connection goes back to the pool
+            state.last_chunk_at = monotonic()
+            texts: list[str] = []
+            for payload in decoder.feed(chunk):
+                if payload == b"[DONE]":
+                    state.completed = True
+                    break
+                text = payload_text(payload, state)
+                if text:
+                    texts.append(text)
+            if texts:
+                if state.first_token_at is None:
+                    state.first_token_at = time.time()
+                state.chunks += len(texts)
+                yield texts
+    except (openai.APIConnectionError, httpx2.TransportError):
+        if not state.completed:
+            raise  # after [DONE] the answer is whole: what the connection does next cannot spoil it
 
 
 def _note_metadata(event: dict[str, Any], state: StreamState) -> None:
@@ -172,10 +291,10 @@ def _note_metadata(event: dict[str, Any], state: StreamState) -> None:
         state.finish_reason = choices[0]["finish_reason"]
 
 
-async def complete(client: openai.AsyncOpenAI, request: dict[str, Any]) -> str:
+async def complete(client: LLMClient, request: dict[str, Any]) -> str:
     """The same request, unstreamed: the whole answer at once (the demo's comparison)."""
     body = {k: v for k, v in request.items() if k != "stream_options"}  # streaming-only option
-    response = await client.chat.completions.create(**body, stream=False)
+    response = await client.sdk.chat.completions.create(**body, stream=False)
     message = response.choices[0].message
     if message.tool_calls:
         return "".join(call.function.arguments for call in message.tool_calls if call.type == "function")

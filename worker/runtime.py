@@ -15,12 +15,10 @@ from collections.abc import Coroutine
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-import openai
-
 from rankstream.exceptions import LLMNotConfigured
 from rankstream.settings import Settings, get_settings
 
-from .llm import make_client
+from .llm import LLMClient, make_client
 from .publish import RedisScripts
 from .redis_link import RedisLink
 
@@ -42,7 +40,7 @@ class Runtime:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="rankstream-io", daemon=True)
         self._thread.start()
-        self.llm: openai.AsyncOpenAI = make_client(settings)
+        self.llm: LLMClient = make_client(settings)
         # Connects on first use, on self.loop (the worker's start check pings it).
         self.redis = RedisLink(settings.redis_address, settings.redis_timeout)
         self.scripts = RedisScripts(self.redis)

@@ -84,7 +84,8 @@ class BackendTransport(httpx2.AsyncBaseTransport):
         proxy: httpx2.Proxy | None = None,
     ) -> None:
         self.network_backend = network_backend
-        ssl_context = httpx2.create_ssl_context(verify=verify)  # SSL_CERT_FILE/DIR count, as in httpx2
+        self.proxy = proxy  # read by worker/llm.py to route its hand-written POST the same way
+        self.ssl_context = ssl_context = httpx2.create_ssl_context(verify=verify)  # SSL_CERT_FILE/DIR count
         connections, keepalive, expiry = (
             limits.max_connections,
             limits.max_keepalive_connections,
