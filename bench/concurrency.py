@@ -277,9 +277,11 @@ def _process(command: list[str], env: dict[str, str]) -> Iterator[subprocess.Pop
 
 
 @contextmanager
-def rankstream_worker(redis_url: str, llm_url: str) -> Iterator[tuple[Settings, Workers]]:
+def rankstream_worker(
+    redis_url: str, llm_url: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[Settings, Workers]]:
     settings = _settings(redis_url, "concurrent")
-    with _process(_rankstream_command(), _env(redis_url, llm_url, settings)) as popen:
+    with _process(_rankstream_command(), {**_env(redis_url, llm_url, settings), **(env or {})}) as popen:
         wait_for_worker(settings, popen)
         yield settings, Workers("rankstream", [popen.pid], [popen.pid])
 
@@ -572,20 +574,26 @@ def _idle_one(workers: Workers) -> float:
 
 
 def measure_rankstream(
-    connection: redis.Redis, redis_url: str, llm_url: str, plan: Plan, others: dict[str, int]
+    connection: redis.Redis,
+    redis_url: str,
+    llm_url: str,
+    plan: Plan,
+    others: dict[str, int],
+    env: dict[str, str] | None = None,
+    name: str = "rankstream",
 ) -> tuple[Setup, float]:
     """Single stream and the steady load on one fresh worker, the burst on another; and the rate."""
-    with rankstream_worker(redis_url, llm_url) as (settings, workers):
+    with rankstream_worker(redis_url, llm_url, env) as (settings, workers):
         jobs = Jobs(connection, settings)
         single = single_stream(jobs, workers, plan.single)
         rate = plan.live / median(single.duration)
         idle_cpu = _idle_cpu(workers)
         steady = run_load(jobs, workers, _idle_one(workers), steady_gaps(plan.steady, rate), others)
-    with rankstream_worker(redis_url, llm_url) as (settings, workers):
+    with rankstream_worker(redis_url, llm_url, env) as (settings, workers):
         jobs = Jobs(connection, settings)
         jobs.one_at_a_time(WARM)
         burst = run_load(jobs, workers, _idle_one(workers), burst_gaps(plan.live), others)
-    return Setup("rankstream", single, steady, burst, 1, idle_cpu), rate
+    return Setup(name, single, steady, burst, 1, idle_cpu), rate
 
 
 def measure_pool(
@@ -681,8 +689,11 @@ LOOP_CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("LLM request: openai client builds, sends, reads headers", ("openai/",)),
     (
-        "LLM stream reading: httpx2/httpcore2/h11, SSE (worker/llm.py)",
-        ("worker/llm.py", "worker/network.py", "worker/transport.py", "httpx", "httpcore", "h11/", "anyio/"),
+        "LLM stream: the streamed POST, its body and SSE (worker/http_stream.py, http_wire.py, llm.py)",
+        (
+            *("worker/llm.py", "worker/http_stream.py", "worker/http_wire.py", "worker/network.py"),
+            *("worker/transport.py", "httpx", "httpcore", "h11/", "anyio/"),
+        ),
     ),
     ("metrics and report", ("worker/metrics.py", "worker/report.py", "prometheus_client/")),
     ("handing each end to the finisher threads", ("worker/rq_worker.py",)),
@@ -826,6 +837,12 @@ def measure(
         others = {"simulator": sim_pid, "redis": _redis_pid(connection)}
         ours, rate = measure_rankstream(connection, redis_url, llm_url, plan, others)
         admin.delete("/sim/requests")  # the simulator keeps a record per request: keep it short
+        # The same worker with the streamed POST on the openai client's own HTTP stack: what the
+        # hand-written path (worker/http_stream.py) saves, in the same run.
+        sdk_http, _ = measure_rankstream(
+            connection, redis_url, llm_url, plan, others, SDK_HTTP, "rankstream, RANKSTREAM_LLM_HTTP=sdk"
+        )
+        admin.delete("/sim/requests")
         theirs = measure_pool(connection, redis_url, llm_url, plan, rate, others) if pool else None
         admin.delete("/sim/requests")
         profiled = (
@@ -834,18 +851,49 @@ def measure(
             else None
         )
     connection.close()
-    _print_details(plan, ours, theirs, rate, profiled, time.monotonic() - started)
-    return _rows(plan, ours, theirs, rate)
+    _print_details(plan, ours, theirs, rate, profiled, time.monotonic() - started, sdk_http)
+    return _rows(plan, ours, theirs, rate) + _sdk_rows(ours, sdk_http)
+
+
+SDK_HTTP = {"RANKSTREAM_LLM_HTTP": "sdk"}
+
+
+def _sdk_rows(ours: Setup, sdk: Setup) -> list[Row]:
+    """The hand-written streamed POST against the openai client's HTTP stack, same load, same run."""
+    rows = []
+    for label, a, b in (("steady", ours.steady, sdk.steady), ("burst", ours.burst, sdk.burst)):
+        rows += [
+            Row(
+                "7 concurrency",
+                f"{label}: worker CPU per job (ms), LLM HTTP hand-written vs the openai client's",
+                f"{a.cpu_ms_per_job:.1f}",
+                f"{b.cpu_ms_per_job:.1f} (RANKSTREAM_LLM_HTTP=sdk)",
+                f"{b.cpu_ms_per_job / a.cpu_ms_per_job:.2f}x",
+            ),
+            Row(
+                "",
+                f"{label}: first item p99 minus alone p99 (ms), the same two",
+                f"{_ms(a.first_item, 99) - _ms(ours.single.first_item, 99):+.0f}",
+                f"{_ms(b.first_item, 99) - _ms(sdk.single.first_item, 99):+.0f} (RANKSTREAM_LLM_HTTP=sdk)",
+            ),
+        ]
+    return rows
 
 
 def _print_details(
-    plan: Plan, ours: Setup, theirs: Setup | None, rate: float, profiled: Profile | None, seconds: float
+    plan: Plan,
+    ours: Setup,
+    theirs: Setup | None,
+    rate: float,
+    profiled: Profile | None,
+    seconds: float,
+    sdk_http: Setup | None = None,
 ) -> None:
     print(
         f"# 7 concurrency ({seconds:.0f} s): one job alone takes {median(ours.single.duration):.3f} s, "
         f"so {rate:.1f} jobs/s keep {plan.live} streams live"
     )
-    for setup in (ours, theirs):
+    for setup in (ours, sdk_http, theirs):
         if setup is not None:
             print(
                 f"#   {setup.name}: idle, {setup.idle_cpu * 1e3:.0f} ms of CPU a second; one job alone, "
@@ -854,6 +902,8 @@ def _print_details(
                 f"worker CPU {setup.single.cpu_ms_per_job:.1f} ms per job"
             )
     loads = [(ours.name, "steady", ours.steady), (ours.name, "burst", ours.burst)]
+    if sdk_http is not None:
+        loads += [(sdk_http.name, "steady", sdk_http.steady), (sdk_http.name, "burst", sdk_http.burst)]
     if theirs is not None:
         loads += [(theirs.name, "steady", theirs.steady), (theirs.name, "burst", theirs.burst)]
     if profiled is not None:
