@@ -49,6 +49,24 @@ class RetryCause(StrEnum):
     CONNECTION = "connection"
     NO_ITEMS = "no_items"
     REDIS = "redis"
+    RESPONSE_FORMAT = "response_format"  # the server refused the form asked for: asked again in the next
+
+
+class ResponseFormat(StrEnum):
+    """How the LLM is asked for JSON (RANKSTREAM_RESPONSE_FORMAT)."""
+
+    AUTO = "auto"  # json_schema first, then each next form the server accepts, remembered
+    JSON_SCHEMA = "json_schema"  # response_format json_schema, strict
+    JSON_OBJECT = "json_object"  # response_format json_object, the schema in the prompt
+    TOOLS = "tools"  # one function to call, the schema as its parameters
+    TEXT = "text"  # no response_format, the schema in the prompt
+
+    @property
+    def next(self) -> ResponseFormat | None:
+        """The form `auto` tries when a server refuses this one."""
+        order = list(ResponseFormat)[1:]
+        at = order.index(self) if self in order else -1
+        return order[at + 1] if 0 <= at < len(order) - 1 else None
 
 
 class Source(StrEnum):

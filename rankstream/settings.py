@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .codes import ResponseFormat
 from .connections import check_redis_url
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -31,6 +32,7 @@ class Settings(BaseSettings):
     )
 
     model: str = "gpt-4o-mini"
+    response_format: ResponseFormat = ResponseFormat.AUTO
     queue: str = "rankstream"
     stream_ttl: int = Field(default=3600, ge=1)
     first_token_timeout: float = Field(default=30.0, gt=0)

@@ -118,6 +118,10 @@ class Simulator(Process):
     def fault(self, name: str, count: int | None = None) -> None:
         self.admin.post("/sim/faults", json={"fault": name, "count": count}).raise_for_status()
 
+    def refuse(self, *forms: str) -> None:
+        """Answer these ways of asking for JSON with an error (json_schema, json_object, tools)."""
+        self.admin.post("/sim/formats", json={"refuse": list(forms)}).raise_for_status()
+
 
 class WorkerProcess(Process):
     def __init__(self, settings: Settings, sim: Simulator, **env: str) -> None:

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from rankstream.dev import example
 from rankstream.settings import Settings
 from worker import prompt
-from worker.llm import LLMStreamError, SSEDecoder, StreamState, make_client, payload_text, stream_deltas
+from worker.llm import LLMStreamError, StreamState, make_client, payload_text, stream_deltas
+from worker.sse import SSEDecoder
 
 TOOL = {
     "type": "function",
@@ -112,14 +113,32 @@ class TestSSEDecoder:
         data = sse(events)
         decoder = SSEDecoder()
         payloads = [
-            p for piece in split(data, [c % (len(data) + 1) for c in cuts]) for p in decoder.feed(piece)
+            p for piece in split(data, [c % (len(data) + 1) for c in cuts]) for _, p in decoder.feed(piece)
         ]
         assert payloads == [e.encode() for e in events] + [b"[DONE]"]
 
     def test_crlf_comments_and_multiline_data(self) -> None:
         decoder = SSEDecoder()
         data = b': keep-alive\r\n\r\nevent: x\r\ndata: {"a":\r\ndata: 1}\r\n\r\ndata:[DONE]\n\n'
-        assert list(decoder.feed(data)) == [b'{"a":\n1}', b"[DONE]"]
+        assert list(decoder.feed(data)) == [(b"x", b'{"a":\n1}'), (None, b"[DONE]")]
+
+    @pytest.mark.parametrize("end", [b"\n", b"\r\n", b"\r"])
+    @given(cuts=st.lists(st.integers(min_value=0, max_value=200)))
+    @settings(max_examples=50, deadline=None)
+    def test_every_line_ending_in_any_pieces_gives_the_same_events(self, end: bytes, cuts: list[int]) -> None:
+        data = end.join([b"data: a", b"", b": ping", b"data: b", b"data: c", b"", b"data: [DONE]", b"", b""])
+        decoder = SSEDecoder()
+        pieces = split(data, [c % (len(data) + 1) for c in cuts])
+        assert [p for piece in pieces for _, p in decoder.feed(piece)] == [b"a", b"b\nc", b"[DONE]"]
+
+    def test_an_error_event_and_an_error_line_are_named_error(self) -> None:
+        decoder = SSEDecoder()
+        data = b'event: error\ndata: {"message":"x"}\n\nerror: {"code":500}\n\ndata: next\n\n'
+        assert list(decoder.feed(data)) == [
+            (b"error", b'{"message":"x"}'),
+            (b"error", b'{"code":500}'),
+            (None, b"next"),
+        ]
 
 
 def chunk(delta: dict[str, Any], **extra: Any) -> bytes:

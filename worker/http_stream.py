@@ -25,6 +25,7 @@ from .http_wire import Body, Head, ProtocolError, parse_head
 
 KEEPALIVE_SECONDS = 5.0  # httpx2's keepalive_expiry: servers close idle connections soon after
 MAX_ERROR_BODY = 64 * 1024
+DRAIN_SECONDS = 1.0  # how long the end of an answered body may take to arrive, in the background
 READ_SIZE_HINT = 1 << 20  # stop reading the socket while this much is unread
 
 
@@ -182,9 +183,33 @@ class Response:
                 break
         return b"".join(parts)[:MAX_ERROR_BODY]
 
-    def release(self) -> None:
-        """Back to the pool if the body was read to its end on a reusable connection; else closed."""
-        if self._body.done and self._body.reusable and not self._rest and not self._conn.buffer:
+    def release(self, drain: bool = False) -> None:
+        """Back to the pool if the body was read to its end on a reusable connection; else closed.
+
+        `drain`: the caller has all it wanted (the answer is complete) but the body has not ended
+        yet; read the rest in the background, briefly, and keep the connection if it then can be.
+        """
+        if self._reusable_now():
+            self._stream.keep(self._conn)
+        elif drain and not self._conn.closed and self._body.reusable:
+            self._stream.drain_later(self)
+        else:
+            self._conn.close()
+
+    def _reusable_now(self) -> bool:
+        return self._body.done and self._body.reusable and not self._rest and not self._conn.buffer
+
+    async def drain(self) -> None:
+        size = 0
+        try:
+            async with asyncio.timeout(DRAIN_SECONDS):
+                async for part in self.aiter_bytes():
+                    size += len(part)
+                    if size > MAX_ERROR_BODY:
+                        break
+        except (TimeoutError, openai.APIConnectionError):
+            pass
+        if self._reusable_now():
             self._stream.keep(self._conn)
         else:
             self._conn.close()
@@ -216,6 +241,7 @@ class StreamingPost:
             lines.append(b"Proxy-Authorization: " + route.proxy_authorization)
         self._head = b"\r\n".join(lines) + b"\r\nContent-Length: "
         self._idle: list[_Connection] = []
+        self._draining: set[asyncio.Task[None]] = set()
 
     async def post(self, body: bytes) -> Response:
         """Send `body`; the response once its head has arrived (any status)."""
@@ -235,7 +261,14 @@ class StreamingPost:
         conn.idle_since = time.monotonic()
         self._idle.append(conn)
 
+    def drain_later(self, response: Response) -> None:
+        task = asyncio.ensure_future(response.drain())
+        self._draining.add(task)
+        task.add_done_callback(self._draining.discard)
+
     async def aclose(self) -> None:
+        for task in list(self._draining):
+            task.cancel()
         while self._idle:
             self._idle.pop().close()
 

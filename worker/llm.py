@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from json.decoder import scanstring  # type: ignore[attr-defined]
@@ -26,7 +27,10 @@ from rankstream.settings import Settings
 
 from .http_stream import Response, Route, StreamingPost
 from .network import http_client, limits_for
+from .sse import ERROR, SSEDecoder
 from .transport import BackendTransport
+
+log = logging.getLogger("rankstream.worker")
 
 # A server that wants no key (a local vLLM, llama.cpp, the simulator) still gets one: the client insists.
 KEYLESS = "no-key"
@@ -43,10 +47,22 @@ class StreamState:
     finish_reason: str | None = None
     completed: bool = False  # the server said [DONE]
     chunks: int = field(default=0)
+    skipped: int = 0  # events that were not JSON chunks (keep-alives and the like)
 
 
 class LLMStreamError(Exception):
-    """The server sent an error inside the stream, or broke the SSE framing."""
+    """The stream failed: the server reported an error inside it, or it ended too soon."""
+
+    @classmethod
+    def reported(cls, error: Any) -> LLMStreamError:
+        """The server's own error, told by its type and code; its text goes to the log only."""
+        detail = error.get("error", error) if isinstance(error, dict) else error
+        kind = code = None
+        if isinstance(detail, dict):
+            kind, code = detail.get("type"), detail.get("code")
+        log.warning("the LLM reported an error in its stream: %.500s", json.dumps(error, default=str))
+        said = ", ".join(f"{k} {v}" for k, v in (("type", kind), ("code", code)) if v is not None)
+        return cls("the LLM reported an error in its stream" + (f" ({said})" if said else ""))
 
 
 class LLMClient:
@@ -190,29 +206,6 @@ def delta_text(event: dict[str, Any]) -> str:
     return ""
 
 
-class SSEDecoder:
-    """Splits an SSE byte stream into `data` payloads; lines may arrive in any pieces."""
-
-    def __init__(self) -> None:
-        self._pending = b""
-        self._data: list[bytes] = []
-
-    def feed(self, chunk: bytes) -> Iterator[bytes]:
-        if self._pending:
-            chunk = self._pending + chunk
-        *lines, self._pending = chunk.split(b"\n")
-        for line in lines:
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if not line:  # a blank line ends the event
-                if self._data:
-                    yield b"\n".join(self._data)
-                    self._data = []
-            elif line.startswith(b"data:"):
-                self._data.append(line[6:] if line[5:6] == b" " else line[5:])
-            # comments (":") and other fields (event, id, retry) carry nothing for us
-
-
 @asynccontextmanager
 async def stream_deltas(
     client: LLMClient, request: dict[str, Any]
@@ -236,7 +229,7 @@ async def stream_deltas(
             if not 300 <= response.status < 400:
                 raise await _status_error(client, post, response)
         finally:
-            response.release()
+            response.release(drain=state.completed)
         # a redirect: the openai client's stack follows it, as it always has
     async with client.sdk.chat.completions.with_streaming_response.create(**body) as sdk_response:
         yield state, _deltas(sdk_response.http_response.aiter_bytes(), state)
@@ -255,15 +248,15 @@ async def _deltas(body: AsyncIterator[bytes], state: StreamState) -> AsyncIterat
     monotonic = time.monotonic
     try:
         async for chunk in body:
-            if state.completed:
-                continue  # read the body to its end, so the connection goes back to the pool
             state.last_chunk_at = monotonic()
             texts: list[str] = []
-            for payload in decoder.feed(chunk):
-                if payload == b"[DONE]":
+            for name, payload in decoder.feed(chunk):
+                if name == ERROR:
+                    raise LLMStreamError.reported(_loads_or_text(payload))
+                if payload.startswith(b"[DONE]"):  # as the openai SDK reads it: trailing bytes too
                     state.completed = True
                     break
-                text = payload_text(payload, state)
+                text = _text_or_skip(payload, state)
                 if text:
                     texts.append(text)
             if texts:
@@ -271,14 +264,41 @@ async def _deltas(body: AsyncIterator[bytes], state: StreamState) -> AsyncIterat
                     state.first_token_at = time.time()
                 state.chunks += len(texts)
                 yield texts
+            if state.completed:
+                return  # whatever the connection does after [DONE] cannot spoil a whole answer
     except (openai.APIConnectionError, httpx2.TransportError):
         if not state.completed:
-            raise  # after [DONE] the answer is whole: what the connection does next cannot spoil it
+            raise
+    if not state.completed and state.finish_reason is None:
+        raise LLMStreamError("the LLM stream ended before the answer did (no finish_reason, no [DONE])")
 
 
-def _note_metadata(event: dict[str, Any], state: StreamState) -> None:
-    if "error" in event:
-        raise LLMStreamError(str(event["error"]))
+def _text_or_skip(payload: bytes, state: StreamState) -> str:
+    """A payload's text; one that is not a JSON chunk (a keep-alive, an empty line) is skipped."""
+    try:
+        return payload_text(payload, state)
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        if payload.strip():
+            state.skipped += 1
+            if state.skipped == 1:
+                log.warning("skipped an LLM stream event that is not a JSON chunk: %.80r", payload)
+        return ""
+
+
+def _loads_or_text(payload: bytes) -> Any:
+    try:
+        return json.loads(payload)
+    except ValueError:
+        return payload.decode(errors="replace")
+
+
+def _note_metadata(event: Any, state: StreamState) -> None:
+    if not isinstance(event, dict):
+        raise ValueError("not a JSON object")
+    if event.get("error"):  # as the openai SDK reads it; vLLM sends the error object itself
+        raise LLMStreamError.reported(event)
+    if event.get("object") == "error":
+        raise LLMStreamError.reported(event)
     usage = event.get("usage")
     if usage:
         state.usage = Usage(

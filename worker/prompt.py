@@ -21,9 +21,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from rankstream.codes import ResponseFormat
 from rankstream.models import RankingRequest, Recommendation
 
 ARRAY_FIELD = "recommendations"
+TOOL_NAME = "rank_products"
 
 SYSTEM = (
     "You rank the candidate products of an online shop for one customer. "
@@ -70,14 +72,19 @@ def _strict_schema(item_model: type[BaseModel]) -> dict[str, Any]:
     return _strict(item_model.model_json_schema())
 
 
-def response_format(request: RankingRequest) -> dict[str, Any]:
-    wrapper = {
+def answer_schema(request: RankingRequest) -> dict[str, Any]:
+    """The whole answer: {"recommendations": [item, ...]}."""
+    return {
         "type": "object",
         "properties": {ARRAY_FIELD: {"type": "array", "items": item_schema(request)}},
         "required": [ARRAY_FIELD],
         "additionalProperties": False,
     }
-    return {"type": "json_schema", "json_schema": {"name": "ranking", "strict": True, "schema": wrapper}}
+
+
+def response_format(request: RankingRequest) -> dict[str, Any]:
+    schema = answer_schema(request)
+    return {"type": "json_schema", "json_schema": {"name": "ranking", "strict": True, "schema": schema}}
 
 
 def _strict(schema: dict[str, Any]) -> dict[str, Any]:
@@ -91,12 +98,34 @@ def _strict(schema: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def chat_request(request: RankingRequest, model: str) -> dict[str, Any]:
-    """The keyword arguments of chat.completions.create, without `stream`."""
-    return {
+def chat_request(
+    request: RankingRequest, model: str, form: ResponseFormat = ResponseFormat.JSON_SCHEMA
+) -> dict[str, Any]:
+    """The keyword arguments of chat.completions.create, without `stream`, asking in `form`.
+
+    json_schema and tools carry the schema themselves; json_object and text carry it in the
+    system message, so that the answer has the same shape whichever form a server accepts.
+    """
+    chat: dict[str, Any] = {
         "model": model,
         "messages": messages(request),
-        "response_format": response_format(request),
         "stream_options": {"include_usage": True},
         "temperature": 0,
     }
+    if form in (ResponseFormat.JSON_SCHEMA, ResponseFormat.AUTO):
+        chat["response_format"] = response_format(request)
+    elif form is ResponseFormat.TOOLS:
+        function = {
+            "name": TOOL_NAME,
+            "description": "Rank the candidates",
+            "parameters": answer_schema(request),
+        }
+        chat["tools"] = [{"type": "function", "function": function}]
+        chat["tool_choice"] = {"type": "function", "function": {"name": TOOL_NAME}}
+        chat["messages"][0]["content"] += f" Answer by calling {TOOL_NAME}."
+    else:
+        schema = json.dumps(answer_schema(request), ensure_ascii=False, separators=(",", ":"))
+        chat["messages"][0]["content"] += f" The JSON follows this JSON Schema: {schema}"
+        if form is ResponseFormat.JSON_OBJECT:
+            chat["response_format"] = {"type": "json_object"}
+    return chat

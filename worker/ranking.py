@@ -17,14 +17,16 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+import openai
 import redis.exceptions
 
 from rankstream import keys
-from rankstream.codes import ErrorCode, RejectReason, Source
+from rankstream.codes import ErrorCode, RejectReason, ResponseFormat, RetryCause, Source
 from rankstream.models import Done, Failed, RankingRequest, Recommendation
 
 from . import metrics, prompt, retry
 from .extract import Item, ItemExtractor, Rejected
+from .formats import refused
 from .llm import StreamState, stream_deltas
 from .publish import Attempt, Published, Publisher, Refused
 from .report import Report
@@ -97,7 +99,6 @@ class Ranking:
         self.job_id = job_id
         self.request = request
         self.model = request.model or self.settings.model
-        self.chat = prompt.chat_request(request, self.model)
         request_key = keys.request(request.request_id) if request.request_id is not None else None
         self.publisher = Publisher(runtime.scripts, job_id, self.settings.stream_ttl, request_key)
         self.checks = _Checks(request.catalogue())
@@ -155,10 +156,9 @@ class Ranking:
                     return await self._fail(ErrorCode.CANCELLED, "cancelled before the job started", False)
                 assert isinstance(attempt, Attempt)
                 self._begin(attempt)
-                chat = self._chat_for_what_is_left()
-                if chat is None:  # earlier attempts published all there is to ask for
+                if self._nothing_left():  # earlier attempts published all there is to ask for
                     return await self._done()
-                await self._attempt(self._deadline, chat)
+                await self._attempt(self._deadline)
             except Stopped as stop:
                 if stop.reason is StopReason.JOB_ENDED:
                     return Result(Ending.SKIPPED)
@@ -192,20 +192,23 @@ class Ranking:
             first_start_deadline = attempt.started_at + self.settings.job_timeout
             self._deadline = min(self._deadline, time.monotonic() + first_start_deadline - time.time())
 
-    def _chat_for_what_is_left(self) -> dict[str, Any] | None:
-        """The LLM request for the candidates not yet published, or None when none is wanted.
+    def _nothing_left(self) -> bool:
+        wanted = None if self.request.top_k is None else self.request.top_k - self.count
+        left = len(self.request.products) - len(self.checks.published)
+        return left <= 0 or (wanted is not None and wanted <= 0)
+
+    def _chat_for_what_is_left(self, form: ResponseFormat) -> dict[str, Any]:
+        """The LLM request for the candidates not yet published, asked in `form`.
 
         A retry continues the ranking: the LLM is not asked (and not paid) to write again what
         an earlier attempt already put on the stream.
         """
-        wanted = None if self.request.top_k is None else self.request.top_k - self.count
         left = [p for p in self.request.products if p.product_id not in self.checks.published]
-        if not left or (wanted is not None and wanted <= 0):
-            return None
         if len(left) == len(self.request.products):
-            return self.chat
+            return prompt.chat_request(self.request, self.model, form)
+        wanted = None if self.request.top_k is None else self.request.top_k - self.count
         rest = self.request.model_copy(update={"products": left, "top_k": wanted})
-        return prompt.chat_request(rest, self.model)
+        return prompt.chat_request(rest, self.model, form)
 
     async def _retry_or_fail(self, failure: retry.Failure, tries: int, deadline: float) -> Result | None:
         """Sleep before the next attempt (None), or the result if the job must end here."""
@@ -227,7 +230,21 @@ class Ranking:
 
     # --- one attempt: one LLM stream ---------------------------------------------------------
 
-    async def _attempt(self, deadline: float, chat: dict[str, Any]) -> None:
+    async def _attempt(self, deadline: float) -> None:
+        """One attempt, in the response format the server takes (auto: the next one if refused)."""
+        formats, base_url = self.runtime.formats, self.runtime.llm_base_url
+        form = formats.form(self.model, base_url)
+        while True:
+            try:
+                return await self._stream(deadline, self._chat_for_what_is_left(form))
+            except openai.APIStatusError as exc:
+                fallback = formats.fall_back(self.model, base_url, form) if refused(exc, form) else None
+                if fallback is None:
+                    raise
+                metrics.llm_retries.labels(RetryCause.RESPONSE_FORMAT).inc()
+                form = fallback
+
+    async def _stream(self, deadline: float, chat: dict[str, Any]) -> None:
         extractor = ItemExtractor(Recommendation)
         task = asyncio.current_task()
         assert task is not None

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from rankstream.exceptions import LLMNotConfigured
 from rankstream.settings import Settings, get_settings
 
+from .formats import FormatMemory
 from .llm import LLMClient, make_client
 from .publish import RedisScripts
 from .redis_link import RedisLink
@@ -36,11 +37,12 @@ class Runtime:
         if not settings.llm_configured:
             raise LLMNotConfigured()
         self.settings = settings
-        self.llm_base_url = settings.openai_base_url
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="rankstream-io", daemon=True)
         self._thread.start()
         self.llm: LLMClient = make_client(settings)
+        self.llm_base_url = str(self.llm.sdk.base_url)
+        self.formats = FormatMemory(settings.response_format)  # what each server accepts
         # Connects on first use, on self.loop (the worker's start check pings it).
         self.redis = RedisLink(settings.redis_address, settings.redis_timeout)
         self.scripts = RedisScripts(self.redis)

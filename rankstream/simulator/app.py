@@ -1,7 +1,8 @@
 """The HTTP app: its routes, request validation, and `create_app`.
 
 `/v1/models` and `/v1/chat/completions` as OpenAI's API has them; `/sim/faults` (GET, POST)
-to read and switch faults; `/sim/requests` (GET, DELETE) to read and clear the request log.
+to read and switch faults; `/sim/formats` (GET, POST) to read and set the forms of asking for
+JSON it refuses; `/sim/requests` (GET, DELETE) to read and clear the request log.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from .config import FAULTS, SimConfig
-from .faults import FaultSwitch, refusal_for
+from .config import FAULTS, FORMS, SimConfig
+from .faults import FaultSwitch, form_of, form_refusal, refusal_for
 from .generation import DROP_KEY, Generation, transport_closer
 from .plan import make_plan
 from .record import REQUEST_LOG_SIZE, Record
@@ -40,6 +41,7 @@ class _State:
     faults: FaultSwitch
     log: deque[Record] = field(default_factory=lambda: deque(maxlen=REQUEST_LOG_SIZE))
     closing: asyncio.Event = field(default_factory=asyncio.Event)  # set when the server shuts down
+    refuse: set[str] = field(default_factory=set)  # forms of asking for JSON answered with an error
 
 
 def _validate(body: Any) -> JSONResponse | None:
@@ -73,7 +75,8 @@ async def _chat_completions(request: Request, state: _State) -> Response:
     body = await _read_body(request)
     if isinstance(body, JSONResponse):
         return body
-    fault = state.faults.take()
+    form = form_of(body)
+    fault = "none" if form in state.refuse else state.faults.take()  # a refusal takes no fault
     plan = make_plan(body, state.config, fault, started)
     record = Record(
         plan.id,
@@ -83,9 +86,11 @@ async def _chat_completions(request: Request, state: _State) -> Response:
         received_at,
         tokens_planned=len(plan.tokens),
         candidates=plan.candidates,
+        form=form,
+        refused=form in state.refuse,
     )
     state.log.append(record)
-    refusal = refusal_for(fault)
+    refusal = form_refusal(form) if record.refused else refusal_for(fault)
     if refusal is not None:
         record.tokens_planned = 0
         record.finish(completed=True)
@@ -108,6 +113,18 @@ async def _set_faults(request: Request, state: _State) -> JSONResponse:
     return JSONResponse(state.faults.snapshot())
 
 
+async def _set_formats(request: Request, state: _State) -> JSONResponse:
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        body = None
+    refuse = body.get("refuse") if isinstance(body, dict) else None
+    if not isinstance(refuse, list) or not all(form in FORMS for form in refuse):
+        return bad_request(f"'refuse' must be a list of {', '.join(FORMS)}.", "refuse")
+    state.refuse = set(refuse)
+    return JSONResponse({"refuse": sorted(state.refuse)})
+
+
 def _add_routes(app: FastAPI, state: _State) -> None:
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -125,6 +142,14 @@ def _add_routes(app: FastAPI, state: _State) -> None:
     @app.post("/sim/faults")
     async def set_faults(request: Request) -> JSONResponse:
         return await _set_faults(request, state)
+
+    @app.get("/sim/formats")
+    async def get_formats() -> dict[str, Any]:
+        return {"refuse": sorted(state.refuse)}
+
+    @app.post("/sim/formats")
+    async def set_formats(request: Request) -> JSONResponse:
+        return await _set_formats(request, state)
 
     @app.get("/sim/requests")
     async def requests_log() -> list[dict[str, Any]]:
@@ -144,7 +169,10 @@ def create_app(config: SimConfig) -> FastAPI:
     if config.tokens_per_second <= 0 or config.ttft < 0:
         raise ValueError("tokens_per_second must be positive and ttft not negative")
     app = _SimApp(title="rankstream LLM simulator", docs_url=None, redoc_url=None, openapi_url=None)
-    state = _State(config, FaultSwitch(config.fault))
+    unknown = set(config.refuse) - set(FORMS)
+    if unknown:
+        raise ValueError(f"cannot refuse {', '.join(sorted(unknown))}; choose from {', '.join(FORMS)}")
+    state = _State(config, FaultSwitch(config.fault), refuse=set(config.refuse))
     app.state.sim_closing = state.closing
     _add_routes(app, state)
     return app

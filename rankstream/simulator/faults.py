@@ -55,3 +55,31 @@ def refusal_for(fault: str) -> JSONResponse | None:
             500, "The server had an error while processing your request (simulated).", "server_error"
         )
     return None
+
+
+def form_of(body: dict[str, Any]) -> str:
+    """How a request asks for JSON: tools, a response_format type, or text."""
+    if body.get("tools"):
+        return "tools"
+    fmt = body.get("response_format")
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    return kind if isinstance(kind, str) else "text"
+
+
+def form_refusal(form: str) -> JSONResponse:
+    """How servers that lack a form answer it (the text of each, shortened)."""
+    if form == "json_schema":  # llama-cpp-python: a 500 carrying pydantic's validation error
+        return error(
+            500,
+            "1 validation error for CreateChatCompletionRequest\nresponse_format.type\n  Input should be "
+            "'text' or 'json_object' [type=literal_error, input_value='json_schema'] (simulated)",
+            "internal_server_error",
+        )
+    if form == "json_object":
+        return error(
+            400,
+            "response_format of type json_object is not supported (simulated)",
+            "invalid_request_error",
+            param="response_format",
+        )
+    return error(500, "tools param requires --jinja flag (simulated)", "server_error")

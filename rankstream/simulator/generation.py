@@ -2,8 +2,9 @@
 
 Owns the pacing (time to first token, tokens per second, on an absolute schedule), watching
 for the client to go away or the server to shut down, and the faults that act while sending:
-`disconnect` (the TCP connection is dropped halfway), `stall` (silence halfway) and
-`slow_first_token` (silence from the start).
+`disconnect` (the TCP connection is dropped halfway), `stall` (silence halfway),
+`slow_first_token` (silence from the start), the bad endings of `wire.STREAM_ENDINGS`
+(halfway), `broken_after_done` and the `framing_*` quirks (`wire.framed`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from .plan import Plan
 from .record import Record
-from .wire import SSE_HEADERS, Chunks, completion
+from .wire import DONE, SSE_HEADERS, STREAM_ENDINGS, Chunks, completion, framed
 
 DROP_KEY = "rankstream.sim.drop_connection"
 
@@ -88,7 +89,8 @@ class Generation(Response):
         if fault == "slow_first_token":
             await anyio.sleep_forever()
         chunks = Chunks(self.plan)
-        stop_at = len(tokens) // 2 if fault in ("disconnect", "stall") else len(tokens)
+        halfway = fault in ("disconnect", "stall") or fault in STREAM_ENDINGS
+        stop_at = len(tokens) // 2 if halfway else len(tokens)
         sent = 0
         while sent < stop_at:
             await self._until_token(sent)
@@ -99,14 +101,25 @@ class Generation(Response):
             if sent == 0:
                 self.record.first_token_at = time.time()
                 batch = chunks.opening() + batch
-            await send(_body(batch))
+            await send(_body(framed(batch, fault)))
             sent = self.record.tokens_sent = due
         if fault == "stall":
             await anyio.sleep_forever()
         if fault == "disconnect":
             await self._drop_connection()
             return
-        await send(_body(chunks.closing(len(tokens)), more_body=False))
+        if fault in STREAM_ENDINGS:
+            ending, then_done = STREAM_ENDINGS[fault]
+            await send(_body(ending + (DONE if then_done else b""), more_body=False))
+            self.record.finish(completed=True)
+            return
+        closing = framed(chunks.closing(len(tokens)), fault)
+        if fault == "broken_after_done":
+            await send(_body(closing))
+            self.record.finish(completed=True)
+            await self._drop_connection()
+            return
+        await send(_body(closing, more_body=False))
         self.record.finish(completed=True)
 
     async def _whole(self, send: Send) -> None:

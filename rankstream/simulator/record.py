@@ -16,6 +16,7 @@ class Record:
     `completed`: the whole response went out (a 429/500 fault's error body counts).
     `client_closed`: the client went away before that; generation stopped there.
     `candidates`: the product_ids the prompt offered, in its order.
+    `form`: how it asked for JSON; `refused`: that form is one the simulator was told to refuse.
     A `disconnect` fault leaves both false: the simulator dropped the connection itself.
     """
 
@@ -31,6 +32,8 @@ class Record:
     completed: bool = False
     client_closed: bool = False
     candidates: list[str] = field(default_factory=list)
+    form: str = "text"  # how it asked for JSON: json_schema, json_object, tools or text
+    refused: bool = False  # answered with an error, as a server lacking that form does
 
     def finish(self, *, completed: bool = False, client_closed: bool = False) -> None:
         """Set the outcome and its time together, so a reader of the log never sees one without the other."""

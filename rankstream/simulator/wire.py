@@ -14,7 +14,8 @@ SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
 ]
-_DONE = b"data: [DONE]\n\n"
+DONE = b"data: [DONE]\n\n"
+_DONE = DONE
 
 
 class Chunks:
@@ -88,3 +89,34 @@ def error(status: int, message: str, kind: str, code: str | None = None, **extra
 
 def bad_request(message: str, param: str | None = None) -> JSONResponse:
     return error(400, message, "invalid_request_error", param=param)
+
+
+# The bytes a halfway stream-ending fault sends, and whether [DONE] follows them.
+STREAM_ENDINGS: dict[str, tuple[bytes, bool]] = {
+    "no_done": (b"", False),
+    "error_line": (
+        b'error: {"code":500,"message":"llama_decode failed (simulated) in /srv/llama/ctx.cpp","type":"server_error"}\n\n',
+        True,
+    ),
+    "error_event": (
+        b'event: error\ndata: {"message":"upstream went away (simulated)","code":502}\n\n',
+        False,
+    ),
+    "error_object": (
+        b'data: {"object":"error","message":"engine dead (simulated)","type":"InternalServerError","param":null,"code":500}\n\n',
+        True,
+    ),
+}
+
+_NOISE = b": ping\n\ndata: keep-alive\n\ndata:\n\nid: 7\nretry: 1000\n\n"
+
+
+def framed(data: bytes, fault: str) -> bytes:
+    """The SSE bytes as a server with this framing quirk writes them (others: unchanged)."""
+    if fault == "framing_keepalive":
+        return _NOISE + data.replace(_DONE, b"data: [DONE] \n\n")
+    if fault == "framing_crlf":
+        return data.replace(b"\n", b"\r\n")
+    if fault == "framing_cr":
+        return data.replace(b"\n", b"\r")
+    return data
