@@ -118,6 +118,42 @@ class TestFindingTheArray:
         assert run('Sorry, I cannot rank these. {"error": "no"} [1, 2]') == []
 
 
+class TestAnArrayOfStringsInProse:
+    """DESIGN.md: the first array outside any string. A prose ``["...", ...]`` has strings too."""
+
+    def test_a_bracket_brace_inside_its_string_is_not_the_array(self) -> None:
+        assert run('Tags: ["use [{name}] here", "b"]. I cannot rank these.') == []
+
+    def test_the_real_array_after_it_is_found(self) -> None:
+        text = f'Tags: ["use [{{name}}] here", "b"], then: {ONE_TWO}'
+        assert all(items_in_pieces(text, size) == [(0, "1"), (1, "2")] for size in (1, 2, 3, 5, len(text)))
+
+    def test_escaped_quotes_inside_its_strings_are_respected(self) -> None:
+        assert items(f'["say \\"[{{x}}\\" twice", "w"] {ONE_TWO}') == [(0, "1"), (1, "2")]
+
+    def test_an_object_array_inside_it_is_the_array(self) -> None:
+        assert items('["a", [{"product_id": "5"}]]') == [(0, "5")]
+
+    def test_an_odd_quote_hides_the_real_array_no_further_than_its_line(self) -> None:
+        for text in (
+            f'I said ["oops, an odd quote\n{ONE_TWO}',
+            f'A ["bad\nline"] and then {ONE_TWO}',
+            f'["escaped line break \\\n {ONE_TWO}',
+        ):
+            assert all(
+                items_in_pieces(text, size) == [(0, "1"), (1, "2")] for size in (1, 2, 3, 7, len(text))
+            ), text
+
+    def test_after_an_odd_quote_its_line_is_read_as_prose(self) -> None:
+        # The odd quote's string runs on; read again as prose, the line's own [{ is the array.
+        assert items(f'odd ["quote then {ONE_TWO} on one line') == [(0, "1"), (1, "2")]
+
+
+def items_in_pieces(text: str, size: int) -> list[tuple[int, str]]:
+    chunks = [text[i : i + size] for i in range(0, len(text), size)]
+    return [(r.index, r.value.product_id) for r in run(chunks) if isinstance(r, Item)]
+
+
 # Elements.
 
 

@@ -14,6 +14,12 @@ element is an object, that is a ``[`` followed (after optional whitespace) by ``
   it likes). Until its brackets balance again, JSON strings are respected, so brackets inside
   them never count, and any array whose first element is not an object (``"tags": ["a"]``,
   ``[]``) is skipped. A prose ``{`` that is not JSON (``{name}``) ends at its ``}``.
+- A ``[`` in prose followed by ``"`` opens an array of strings (``tags: ["a", "b [{c}]"]``): its
+  strings are respected too, so a ``[{`` inside one is not the items array. A JSON string holds
+  no raw line break and is followed by ``,``, ``]``, ``}`` or ``:``; a string of that array that
+  breaks either rule was an odd quote in prose, not JSON, and the text after that quote is read
+  again as prose (looking for no such array until the next line break, so the text is read
+  twice at most). An odd quote therefore hides nothing.
 - Everything after the items array closes is ignored, and costs nothing.
 
 The price of not parsing prose: a prose ``[{`` that is not JSON (``use [{name}] here``) is taken
@@ -47,6 +53,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from enum import Enum, auto
 from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -87,10 +94,20 @@ _SKIP_VALUE = re.compile(rf'[^"{{}}\[\],]*+(?:"{_STRING_BODY_RE}"[^"{{}}\[\],]*+
 # (its escaped character is still to come), or at the end.
 _STRING_BODY = re.compile(_STRING_BODY_RE, re.DOTALL)
 _PROSE = re.compile(r"[\[{]")
+# A prose array's text between its strings and brackets, and its strings, which hold no raw line break.
+_LINE_TEXT = re.compile(r'[^"{}\[\]]*+')
+_LINE_STRING_BODY = re.compile(r'[^"\\\n]*+(?:\\[^\n][^"\\\n]*+)*+')
 _WHITESPACE = re.compile(r"[ \t\r\n]*+")
 _ELEMENT_START = re.compile(r"[^ \t\r\n,]")
 _WHITESPACE_CHARS = " \t\r\n"
 _CLOSER = {"{": "}", "[": "]"}
+
+
+class _Verdict(Enum):
+    OPEN = auto()
+    CLOSED = auto()
+    NOT_JSON = auto()
+
 
 # States of the scanner.
 _PROSE_TEXT = 0  # before the array, outside any JSON value
@@ -108,15 +125,20 @@ class ItemExtractor(Generic[M]):
     """Push-style extractor: ``feed`` each chunk, then ``close`` at the end of the stream."""
 
     __slots__ = (
+        "_after_string",
         "_broken",
         "_depth",
         "_escape",
         "_in_array",
         "_in_string",
         "_index",
+        "_kept",
         "_mode",
         "_parts",
         "_pending",
+        "_plain_line",
+        "_prose_array",
+        "_rescan",
         "_stack",
         "_validate_json",
     )
@@ -133,6 +155,11 @@ class ItemExtractor(Generic[M]):
         self._parts: list[str] = []  # the current element's text, scanned
         self._pending: list[str] = []  # array text not scanned yet
         self._index = 0
+        self._prose_array = False  # the value being skipped is a prose array of strings
+        self._kept: list[str] = []  # an open string of it: its text, to read again if it is not JSON
+        self._plain_line = False  # after such a string, no prose array is looked for until a line break
+        self._rescan: str | None = None  # text to read again as prose, set by _line_array
+        self._after_string = False  # a string of the prose array closed: a separator must follow
 
     @property
     def finished(self) -> bool:
@@ -182,6 +209,11 @@ class ItemExtractor(Generic[M]):
             mode = self._mode
             if mode == _PROSE_TEXT:
                 pos = self._prose(text, pos)
+            elif mode == _WRAPPER and self._prose_array:
+                pos = self._line_array(text, pos)
+                if self._rescan is not None:  # an odd quote, not JSON: read after it again
+                    text, pos, self._rescan = self._rescan + text[pos:], 0, None
+                    end = len(text)
             elif mode == _WRAPPER:
                 pos = self._wrapper(text, pos)
             elif mode == _BRACKET:
@@ -192,6 +224,10 @@ class ItemExtractor(Generic[M]):
 
     def _prose(self, text: str, pos: int) -> int:
         match = _PROSE.search(text, pos)
+        if self._plain_line:
+            line_end = text.find("\n", pos)
+            if line_end >= 0 and (match is None or line_end < match.start()):
+                self._plain_line = False
         if match is None:
             return len(text)
         if text[match.start()] == "{":
@@ -233,9 +269,79 @@ class ItemExtractor(Generic[M]):
         elif self._depth:
             self._depth += 1  # an array inside the wrapper, but not the items array
             self._mode = _WRAPPER
+        elif text[pos] == '"' and not self._plain_line:
+            self._depth = 1  # a prose array of strings: skipped as a value, strings respected
+            self._mode = _WRAPPER
+            self._prose_array = True
         else:
             self._mode = _PROSE_TEXT
         return pos
+
+    def _line_array(self, text: str, pos: int) -> int:
+        """`_wrapper` for a prose array: each string closes on its line and a separator follows it.
+
+        Text from a string's opening quote is kept until that holds, to be read again as prose if not.
+        """
+        mark = pos
+        if self._in_string:
+            pos, verdict = self._line_string(text, pos)
+            if verdict is _Verdict.OPEN:
+                self._kept.append(text[mark:])
+                return len(text)
+            if verdict is _Verdict.NOT_JSON:
+                return self._not_json(text, mark, pos)
+            self._in_string, self._after_string = False, True
+        if self._after_string:
+            pos = _WHITESPACE.match(text, pos).end()  # type: ignore[union-attr]
+            if pos == len(text):
+                self._kept.append(text[mark:])
+                return pos
+            if text[pos] not in ",]}:":
+                return self._not_json(text, mark, pos)
+            self._after_string, self._kept = False, []
+        pos = _LINE_TEXT.match(text, pos).end()  # type: ignore[union-attr]
+        if pos == len(text):
+            return pos
+        char = text[pos]
+        if char == '"':
+            self._in_string = True
+        elif char == "[":
+            self._mode = _BRACKET
+        elif char == "{":
+            self._depth += 1
+        else:
+            self._depth -= 1
+            if self._depth == 0:
+                self._mode, self._prose_array = _PROSE_TEXT, False
+        return pos + 1
+
+    def _line_string(self, text: str, pos: int) -> tuple[int, _Verdict]:
+        """Continue a prose array's open string: where it got to, and whether it is still open,
+        closed (the position after its quote) or not JSON (the line break it met)."""
+        if self._escape:
+            if text[pos] == "\n":
+                return pos, _Verdict.NOT_JSON
+            self._escape = False
+            pos += 1
+        end = _LINE_STRING_BODY.match(text, pos).end()  # type: ignore[union-attr]
+        if end == len(text):
+            return end, _Verdict.OPEN
+        if text[end] == '"':
+            return end + 1, _Verdict.CLOSED
+        if text[end] == "\n":
+            return end, _Verdict.NOT_JSON
+        if end + 1 == len(text):  # a backslash ends the text: it escapes the next chunk's first character
+            self._escape = True
+            return len(text), _Verdict.OPEN
+        return end + 1, _Verdict.NOT_JSON  # a backslash before a line break
+
+    def _not_json(self, text: str, start: int, stop: int) -> int:
+        """The prose array is not JSON after all: back to prose, reading again from its string's quote."""
+        self._rescan = "".join(self._kept) + text[start:stop]
+        self._kept, self._in_string, self._escape, self._after_string = [], False, False, False
+        self._mode, self._prose_array, self._depth = _PROSE_TEXT, False, 0
+        self._plain_line = True
+        return stop
 
     # In the array.
 
