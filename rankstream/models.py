@@ -305,10 +305,19 @@ class Timings(BaseModel):
     total: float | None = None
 
 
+# How a count is estimated when the server reports none: OpenAI's rule of thumb for English text.
+CHARS_PER_TOKEN = 4
+USAGE_ESTIMATE = f"{CHARS_PER_TOKEN} characters per token, of the prompt sent and the text received"
+
+
 class Usage(BaseModel):
+    """Tokens over every LLM call of a job; `estimated` names the counts that are not all the server's."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    estimated: list[Literal["prompt_tokens", "completion_tokens"]] = Field(default_factory=list)
+    estimate: str | None = None  # how the estimated counts were made (USAGE_ESTIMATE)
 
 
 class Done(BaseModel):

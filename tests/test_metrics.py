@@ -29,6 +29,7 @@ LABELLED = {
     "rankstream_llm_retries_total": ("cause", {"rate_limit", "server_error", "timeout", "connection"}),
     "rankstream_llm_tokens_total": ("kind", {"prompt", "completion"}),
 }
+ALSO_LABELLED = {"rankstream_llm_tokens_total": ("counted", {"reported", "estimated"})}
 
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
@@ -54,7 +55,7 @@ def test_every_contract_metric_is_exposed_and_labelled_counters_start_at_zero(wo
         assert f"{name}_bucket" in samples and f"{name}_count" in samples, name
     for name in ("rankstream_items_published_total", "rankstream_jobs_in_progress"):
         assert name in samples, name
-    for name, (label, values) in LABELLED.items():
+    for name, (label, values) in [*LABELLED.items(), *ALSO_LABELLED.items()]:
         assert values <= {ls[label] for ls, _ in samples[name]}, name
     assert total(samples, "rankstream_workers") >= 1
     assert "rankstream_queue_depth" in samples
@@ -84,5 +85,6 @@ def test_a_job_moves_the_readings(
     assert moved("rankstream_time_to_first_item_seconds_count") == 1
     assert moved("rankstream_publish_latency_seconds_count") == 10
     assert moved("rankstream_item_gap_seconds_count") == 9
-    assert moved("rankstream_llm_tokens_total", kind="completion") > 0
+    assert moved("rankstream_llm_tokens_total", kind="completion", counted="reported") > 0
+    assert moved("rankstream_llm_tokens_total", counted="estimated") == 0  # the simulator reports usage
     assert total(after, "rankstream_jobs_in_progress") == 0

@@ -17,11 +17,13 @@ from worker.llm import LLMStreamError
 from worker.watchdog import StopReason
 
 
-def status_error(status: int, headers: dict[str, str] | None = None) -> openai.APIStatusError:
+def status_error(
+    status: int, headers: dict[str, str] | None = None, body: object = None
+) -> openai.APIStatusError:
     request = httpx2.Request("POST", "http://127.0.0.1/v1/chat/completions")
     response = httpx2.Response(status, headers=headers or {}, request=request)
     error_class = openai.RateLimitError if status == 429 else openai.APIStatusError
-    return error_class("refused", response=response, body=None)
+    return error_class(f"refused: {body}", response=response, body=body)
 
 
 class TestClassify:
@@ -86,3 +88,28 @@ class TestRetryAfter:
         assert all(max(by_attempt[n]) < max(by_attempt[n + 1]) for n in growing)
         plateau = [medians[n] for n in range(capped[0] + 1, 11)]
         assert max(plateau) < 1.25 * min(plateau), medians  # past the cap, it stays there
+
+
+class TestErrorsForThePageDetailsForTheLog:
+    def test_a_status_error_tells_the_status_and_type_not_the_providers_text(self) -> None:
+        body = {
+            "error": {"message": "boom in /srv/model/engine.py line 12", "type": "server_error", "code": "e1"}
+        }
+        failure = retry.classify(status_error(500, body=body))
+
+        assert failure.message == "the LLM answered HTTP 500 (server_error, e1)"
+        assert "/srv/model" in failure.detail  # for the worker's log
+
+    @pytest.mark.parametrize(
+        "exc",
+        [
+            httpx2.ConnectError("[Errno 111] Connect call failed ('10.1.2.3', 8000)"),
+            LLMStreamError.reported({"error": {"message": "secret internals", "type": "overloaded"}}),
+            redis.exceptions.ConnectionError("Error 111 connecting to 10.9.9.9:6379"),
+        ],
+        ids=type,
+    )
+    def test_no_provider_text_or_address_reaches_the_message(self, exc: BaseException) -> None:
+        failure = retry.classify(exc)
+        assert "10." not in failure.message and "secret" not in failure.message
+        assert failure.detail

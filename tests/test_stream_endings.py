@@ -107,3 +107,27 @@ class TestAWholeAnswerIsWhole:
             (i["rank"], i["product_id"], i["source"]) for i in items(clean)
         ]
         assert framed[-1]["rejected"] == clean[-1]["rejected"]
+
+
+class TestUsageYouCanTrust:
+    def test_a_server_that_reports_usage_is_taken_at_its_word(self, run: Any) -> None:
+        usage = run("none")[-1]["usage"]
+
+        assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
+        assert usage["estimated"] == [] and usage["estimate"] is None
+
+    def test_a_server_that_reports_none_gets_an_estimate_that_says_so(self, run: Any) -> None:
+        reported, estimated = run("none")[-1]["usage"], run("no_usage")[-1]["usage"]
+
+        assert estimated["estimated"] == ["completion_tokens", "prompt_tokens"]
+        assert "characters per token" in estimated["estimate"]
+        for kind in ("prompt_tokens", "completion_tokens"):  # the same order of size as the truth
+            assert reported[kind] / 3 < estimated[kind] < reported[kind] * 3, kind
+
+    def test_a_retried_job_sums_every_attempt_and_marks_the_cut_one_estimated(self, run: Any) -> None:
+        clean, retried = run("none")[-1]["usage"], run("no_done")[-1]["usage"]
+
+        assert retried["estimated"] == ["completion_tokens", "prompt_tokens"]  # the cut attempt's
+        # two prompts (the second for the candidates left), more than one
+        assert retried["prompt_tokens"] > clean["prompt_tokens"]
+        assert retried["total_tokens"] == retried["prompt_tokens"] + retried["completion_tokens"]

@@ -48,6 +48,7 @@ class StreamState:
     completed: bool = False  # the server said [DONE]
     chunks: int = field(default=0)
     skipped: int = 0  # events that were not JSON chunks (keep-alives and the like)
+    chars: int = 0  # characters of text received: what usage is estimated from when none is sent
 
 
 class LLMStreamError(Exception):
@@ -263,6 +264,7 @@ async def _deltas(body: AsyncIterator[bytes], state: StreamState) -> AsyncIterat
                 if state.first_token_at is None:
                     state.first_token_at = time.time()
                 state.chunks += len(texts)
+                state.chars += sum(map(len, texts))
                 yield texts
             if state.completed:
                 return  # whatever the connection does after [DONE] cannot spoil a whole answer

@@ -20,6 +20,7 @@ from rankstream.settings import Settings
 
 OUTCOMES = ("done", *ErrorCode)
 TOKEN_KINDS = ("prompt", "completion")
+TOKEN_COUNTS = ("reported", "estimated")
 
 # What a user feels: seconds, from well under one to tens.
 _LATENCY = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0)
@@ -56,7 +57,11 @@ jobs = Counter("rankstream_jobs", "Jobs ended, by outcome (done or the error cod
 items_published = Counter("rankstream_items_published", "Items published to job streams.")
 items_rejected = Counter("rankstream_items_rejected", "Items the worker refused, by reason.", ["reason"])
 llm_retries = Counter("rankstream_llm_retries", "LLM calls retried, by cause.", ["cause"])
-llm_tokens = Counter("rankstream_llm_tokens", "LLM tokens, by kind (prompt or completion).", ["kind"])
+llm_tokens = Counter(
+    "rankstream_llm_tokens",
+    "LLM tokens, by kind (prompt or completion) and how counted (reported by the server, or estimated).",
+    ["kind", "counted"],
+)
 jobs_in_progress = Gauge("rankstream_jobs_in_progress", "Jobs this worker is running now.")
 worker_slots = Gauge("rankstream_worker_slots", "Jobs this worker may run at once (RANKSTREAM_CONCURRENCY).")
 
@@ -67,7 +72,8 @@ for _reason in RejectReason:
 for _cause in RetryCause:
     llm_retries.labels(_cause)
 for _kind in TOKEN_KINDS:
-    llm_tokens.labels(_kind)
+    for _counted in TOKEN_COUNTS:
+        llm_tokens.labels(_kind, _counted)
 
 
 class QueueCollector(Collector):

@@ -10,6 +10,7 @@ Nothing here knows about RQ: worker/job.py adapts it.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -212,6 +213,10 @@ class Ranking:
 
     async def _retry_or_fail(self, failure: retry.Failure, tries: int, deadline: float) -> Result | None:
         """Sleep before the next attempt (None), or the result if the job must end here."""
+        if failure.cause is None or tries >= self.settings.max_attempts:
+            log.warning(
+                "job %s attempt %d failed: %s", self.job_id, self.attempt, failure.detail or failure.message
+            )
         if failure.cause is None:
             return await self._fail(failure.code, failure.message, False)
         if tries >= self.settings.max_attempts:
@@ -223,7 +228,11 @@ class Ranking:
             )
         metrics.llm_retries.labels(failure.cause).inc()
         log.warning(
-            "job %s attempt %d: %s; retrying in %.2fs", self.job_id, self.attempt, failure.message, pause
+            "job %s attempt %d: %s; retrying in %.2fs",
+            self.job_id,
+            self.attempt,
+            failure.detail or failure.message,
+            pause,
         )
         await asyncio.sleep(pause)
         return None
@@ -265,7 +274,7 @@ class Ranking:
                 raise Stopped(watchdog.reason) from None
             finally:
                 watchdog.stop()
-                self.report.stream_ended(state)
+                self.report.stream_ended(state, prompt_chars(chat))
         for result in extractor.close():
             self._take(result, state)
         if not await self._flush() and self.settings.fallback and self.count > 0:
@@ -374,3 +383,10 @@ class Ranking:
                 return Ending.LOST
             await asyncio.sleep(pause)
             pause = min(pause * 2, TERMINAL_RETRY_MAX)
+
+
+def prompt_chars(chat: dict[str, Any]) -> int:
+    """The characters of what a chat request asks: messages, and the schema it carries (if any)."""
+    schema = chat.get("response_format") or chat.get("tools")
+    text = sum(len(message["content"]) for message in chat["messages"])
+    return text + (len(json.dumps(schema, separators=(",", ":"))) if schema else 0)

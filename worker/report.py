@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from rankstream.codes import RejectReason
-from rankstream.models import Timings, Usage
+from rankstream.models import CHARS_PER_TOKEN, USAGE_ESTIMATE, Timings, Usage
 
 from . import metrics
 from .llm import StreamState
@@ -52,17 +52,21 @@ class Report:
             metrics.item_gap.observe(now - self.last_item_at)
         self.last_item_at = now
 
-    def stream_ended(self, state: StreamState) -> None:
-        """Add one LLM call's usage (a chunk count when the server sent none)."""
+    def stream_ended(self, state: StreamState, prompt_chars: int) -> None:
+        """Add one LLM call's usage: the server's, else an estimate (a call cut short reports none)."""
         self.first_token(state)
-        usage = state.usage or Usage(completion_tokens=state.chunks, total_tokens=state.chunks)
-        metrics.llm_tokens.labels("prompt").inc(usage.prompt_tokens)
-        metrics.llm_tokens.labels("completion").inc(usage.completion_tokens)
+        usage = state.usage or _estimated(prompt_chars, state.chars)
+        counted = "estimated" if usage.estimated else "reported"
+        metrics.llm_tokens.labels("prompt", counted).inc(usage.prompt_tokens)
+        metrics.llm_tokens.labels("completion", counted).inc(usage.completion_tokens)
         if self.usage is not None:
+            estimated = sorted({*self.usage.estimated, *usage.estimated})
             usage = Usage(
                 prompt_tokens=self.usage.prompt_tokens + usage.prompt_tokens,
                 completion_tokens=self.usage.completion_tokens + usage.completion_tokens,
                 total_tokens=self.usage.total_tokens + usage.total_tokens,
+                estimated=estimated,
+                estimate=USAGE_ESTIMATE if estimated else None,
             )
         self.usage = usage
 
@@ -77,6 +81,17 @@ class Report:
             first_item=_since(base, first_item),
             total=_since(base, time.time()),
         )
+
+
+def _estimated(prompt_chars: int, completion_chars: int) -> Usage:
+    prompt, completion = -(-prompt_chars // CHARS_PER_TOKEN), -(-completion_chars // CHARS_PER_TOKEN)
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        estimated=["completion_tokens", "prompt_tokens"],
+        estimate=USAGE_ESTIMATE,
+    )
 
 
 def _since(base: float, moment: float | None) -> float | None:

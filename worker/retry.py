@@ -31,8 +31,9 @@ MAX_BACKOFF_SECONDS = 8.0
 class Failure:
     cause: RetryCause | None  # None: not worth another attempt
     code: ErrorCode  # what the job ends with if this is the last failure
-    message: str
+    message: str  # for the `error` event, which pages show: ours, never the provider's own text
     retry_after: float | None = None  # what the server asked for, in seconds
+    detail: str = ""  # for the worker's log: the exception as raised, provider text included
 
     @property
     def retryable(self) -> bool:
@@ -54,23 +55,41 @@ def stopped(reason: StopReason) -> Failure:
 
 def classify(exc: BaseException) -> Failure:
     """What an exception out of an attempt means for the job."""
-    message = f"{type(exc).__name__}: {exc}"
+    detail = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, openai.RateLimitError):
         return Failure(
-            RetryCause.RATE_LIMIT, ErrorCode.LLM_UNAVAILABLE, message, retry_after(exc.response.headers)
+            RetryCause.RATE_LIMIT,
+            ErrorCode.LLM_UNAVAILABLE,
+            _status_message(exc),
+            retry_after(exc.response.headers),
+            detail,
         )
     if isinstance(exc, openai.APIStatusError):
         cause = RetryCause.SERVER_ERROR if exc.status_code >= 500 or exc.status_code in (408, 409) else None
-        return Failure(cause, ErrorCode.LLM_UNAVAILABLE, message, retry_after(exc.response.headers))
+        headers = exc.response.headers
+        return Failure(cause, ErrorCode.LLM_UNAVAILABLE, _status_message(exc), retry_after(headers), detail)
     if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
-        return Failure(RetryCause.TIMEOUT, ErrorCode.LLM_UNAVAILABLE, message)
-    if isinstance(
-        exc, openai.APIConnectionError | httpx2.TransportError | LLMStreamError | json.JSONDecodeError
-    ):
-        return Failure(RetryCause.CONNECTION, ErrorCode.LLM_UNAVAILABLE, message)
+        return Failure(
+            RetryCause.TIMEOUT, ErrorCode.LLM_UNAVAILABLE, "the LLM did not answer in time", None, detail
+        )
+    if isinstance(exc, LLMStreamError):  # its message is ours already
+        return Failure(RetryCause.CONNECTION, ErrorCode.LLM_UNAVAILABLE, str(exc), None, detail)
+    if isinstance(exc, openai.APIConnectionError | httpx2.TransportError | json.JSONDecodeError):
+        message = "the connection to the LLM failed or broke off"
+        return Failure(RetryCause.CONNECTION, ErrorCode.LLM_UNAVAILABLE, message, None, detail)
     if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
-        return Failure(RetryCause.REDIS, ErrorCode.INTERNAL, message)
-    return Failure(None, ErrorCode.INTERNAL, message)
+        return Failure(
+            RetryCause.REDIS, ErrorCode.INTERNAL, "the worker lost its Redis connection", None, detail
+        )
+    return Failure(None, ErrorCode.INTERNAL, detail, None, detail)
+
+
+def _status_message(exc: openai.APIStatusError) -> str:
+    """ "the LLM answered HTTP 429 (rate_limit_error, rate_limit_exceeded)": the status, and the
+    error's type and code where the provider gave them; not its message, which may hold anything."""
+    body = exc.body.get("error", exc.body) if isinstance(exc.body, dict) else None
+    said = [str(body[key]) for key in ("type", "code") if isinstance(body, dict) and body.get(key)]
+    return f"the LLM answered HTTP {exc.status_code}" + (f" ({', '.join(said)})" if said else "")
 
 
 def backoff(attempt: int, requested: float | None) -> float:

@@ -24,6 +24,7 @@ FAULTS = (
     "framing_keepalive",  # comments, keep-alive and empty data lines, id/retry fields, "[DONE] "
     "framing_crlf",  # CRLF line ends
     "framing_cr",  # bare CR line ends (the SSE spec allows them)
+    "no_usage",  # no usage chunk, though stream_options asked for one
 )
 """Every fault the simulator can inject; `SimConfig.fault` and `POST /sim/faults` take these."""
 

@@ -75,7 +75,10 @@ def make_plan(body: Mapping[str, Any], config: SimConfig, fault: str, started: f
         created=int(time.time()),
         model=_requested_model(body, config),
         stream=bool(body.get("stream")),
-        include_usage=isinstance(options, Mapping) and bool(options.get("include_usage")),
+        # no_usage: a server that sends no usage chunk even when asked (many local servers)
+        include_usage=isinstance(options, Mapping)
+        and bool(options.get("include_usage"))
+        and fault != "no_usage",
         fault=fault,
         tokens=tokens,
         finish_reason="tool_calls" if tool and finish == "stop" else finish,
