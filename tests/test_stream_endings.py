@@ -75,7 +75,7 @@ class TestAStreamThatEndsBadlyIsAFailedAttempt:
         assert stream[-1]["rejected"]["duplicate"] == 0
         assert_complete_ranking(stream)
 
-    @pytest.mark.parametrize("fault", ["error_line", "error_object"])
+    @pytest.mark.parametrize("fault", ERROR_FORMS)
     def test_when_it_persists_the_job_ends_llm_unavailable(self, run: Any, fault: str) -> None:
         stream = run(fault, None)
 
