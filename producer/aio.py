@@ -59,14 +59,14 @@ async def events(
     settings = settings or get_settings()
     connection = connection or aconnect(settings)
     job_id = core.job_id_of(handle)
-    await _ensure_known(connection, job_id, settings)
+    await ensure_known(connection, job_id, settings)
     stream = keys.events(job_id)
     block_ms = core.xread_block_ms(block, connection.connection_pool.connection_kwargs.get("socket_timeout"))
     last = after
     while True:
         reply: Any = await connection.xread({stream: last}, count=256, block=block_ms)
         if not reply:
-            await _ensure_known(connection, job_id, settings)  # expired while we waited?
+            await ensure_known(connection, job_id, settings)  # expired while we waited?
             continue
         for entry_id, fields in reply[0][1]:
             event = core.parse_entry(entry_id, fields)
@@ -76,6 +76,7 @@ async def events(
                 return
 
 
-async def _ensure_known(connection: redis.asyncio.Redis, job_id: str, settings: Settings) -> None:
+async def ensure_known(connection: redis.asyncio.Redis, job_id: str, settings: Settings) -> None:
+    """JobNotFound or JobGone unless the job has a stream or a state (it is queued, running or ended)."""
     if not (keys.is_job_id(job_id) and await connection.exists(keys.events(job_id), keys.state(job_id))):
         raise core.lookup_error(job_id, settings)

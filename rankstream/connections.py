@@ -192,6 +192,18 @@ def async_client(url: str, timeout: float) -> redis.asyncio.Redis:
         return client
 
 
+def bounded_async_client(url: str, timeout: float, max_connections: int) -> redis.asyncio.Redis:
+    """An asyncio client of its own whose pool never holds more than `max_connections`: a call
+    beyond them waits (up to `timeout`) for one to come free. The caller closes it."""
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout,
+        **client_options(url, timeout, for_asyncio=True),
+    )
+    return redis.asyncio.Redis(connection_pool=pool)
+
+
 def connect(settings: Settings) -> redis.Redis:
     """The process's synchronous client for REDIS_URL."""
     return sync_client(settings.redis_address, settings.redis_timeout)

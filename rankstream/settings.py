@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     llm_http: Literal["hand-written", "sdk"] = "hand-written"
     redis_timeout: float = Field(default=5.0, gt=0)
 
+    # The gateway: a bearer token for POST and DELETE (off when unset), browser origins allowed
+    # to call it (comma-separated, `*` for any), and how often an idle SSE stream gets a comment.
+    gateway_token: SecretStr | None = None
+    cors_origins: str = ""
+    sse_keepalive: float = Field(default=15.0, gt=0)
+
     metrics_port: int = Field(default=9464, ge=0, le=65535)
     metrics_host: str = "0.0.0.0"
     log_level: LogLevel = "INFO"
@@ -70,6 +76,10 @@ class Settings(BaseSettings):
     def redis_address(self) -> str:
         """REDIS_URL, else the local Redis on its usual port."""
         return self.redis_url or DEFAULT_REDIS_URL
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     @property
     def llm_configured(self) -> bool:

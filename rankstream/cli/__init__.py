@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 
-from . import demo, enqueue, llm_sim, watch, worker
+from . import demo, enqueue, gateway, llm_sim, watch, worker
 from .common import configure_logging
 
-SUBCOMMANDS = (demo, worker, enqueue, watch, llm_sim)
+SUBCOMMANDS = (demo, worker, gateway, enqueue, watch, llm_sim)
 
 
 def build_parser() -> argparse.ArgumentParser:
