@@ -18,38 +18,15 @@ import httpx
 import psutil
 import pytest
 import redis
-from conftest import Process, Simulator, WorkerProcess, make_settings
+from conftest import Simulator, WorkerProcess, make_settings
+from support.gateway import Gateway
 
 from rankstream import keys
 from rankstream.dev import example
 from rankstream.dev.processes import wait_for
-from rankstream.dev.redis_server import free_port
 from rankstream.settings import Settings
 
 TERMINAL = ("done", "error")
-
-
-class Gateway(Process):
-    def __init__(self, settings: Settings, port: int | None = None, **env: str) -> None:
-        self.port = port or free_port()
-        super().__init__(
-            ["gateway", "--port", str(self.port)],
-            {"REDIS_URL": settings.redis_url or "", "RANKSTREAM_QUEUE": settings.queue, **env},
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-        wait_for(self._healthy, 20, "the gateway to answer")
-
-    def _healthy(self) -> bool:
-        if not self.alive():
-            raise AssertionError(f"gateway exited: {self.stop()}")
-        try:
-            return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def health(self) -> dict[str, Any]:
-        answer: dict[str, Any] = httpx.get(f"{self.url}/healthz", timeout=5).json()
-        return answer
 
 
 @dataclass(frozen=True)
