@@ -322,3 +322,27 @@ def test_the_openapi_document_names_every_route(gateway: Gateway) -> None:
         "/healthz",
     }
     assert set(document["paths"]["/v1/rankings/{job_id}"]) == {"get", "delete"}
+
+
+def test_cors_lets_the_configured_origins_call_and_no_other(
+    gateway_settings: Settings, gateway_worker: WorkerProcess
+) -> None:
+    shop = "https://shop.example"
+    open_to = Gateway(gateway_settings, RANKSTREAM_CORS_ORIGINS=f"{shop}, https://other.example")
+    try:
+        asked = {
+            "Origin": shop,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        }
+        preflight = httpx.options(f"{open_to.url}/v1/rankings", headers=asked)
+        stranger = httpx.options(
+            f"{open_to.url}/v1/rankings", headers={**asked, "Origin": "https://evil.example"}
+        )
+        plain = httpx.get(f"{open_to.url}/healthz", headers={"Origin": shop})
+    finally:
+        open_to.stop()
+
+    assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == shop
+    assert "access-control-allow-origin" not in stranger.headers
+    assert plain.headers["access-control-allow-origin"] == shop
