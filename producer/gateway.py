@@ -22,8 +22,9 @@ from typing import Annotated, Any
 import redis.asyncio
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from rankstream import keys
@@ -33,7 +34,7 @@ from rankstream.exceptions import InvalidRequest, JobGone, JobNotFound, RequestC
 from rankstream.models import Handle, JobStatus, RankingRequest
 from rankstream.settings import Settings, get_settings
 
-from . import aio, core
+from . import aio, core, gateway_metrics
 from .fanout import StreamHub, entry_key
 
 STATIC = Path(__file__).with_name("static")
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
         )
     app.add_exception_handler(InvalidRequest, _invalid)  # type: ignore[arg-type]
+    app.add_middleware(gateway_metrics.CountRequests)
     _routes(app, settings)
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="page")
     return app
@@ -88,6 +90,7 @@ def _lifespan(settings: Settings) -> Any:
         socket_timeout = reader.connection_pool.connection_kwargs.get("socket_timeout")
         app.state.redis = connection
         app.state.hub = StreamHub(reader, connection, core.xread_block_ms(5.0, socket_timeout))
+        gateway_metrics.watch(app.state.hub)
         try:
             yield
         finally:
@@ -155,6 +158,8 @@ def _routes(app: FastAPI, settings: Settings) -> None:
     ) -> StreamingResponse:
         """The job's events as server-sent events, from the start or after `Last-Event-ID`."""
         after = last_event_id.strip() if last_event_id else "0-0"
+        if last_event_id:
+            gateway_metrics.resumes.inc()
         if not _ENTRY_ID.fullmatch(after):
             after = "0-0"  # not an id this gateway gave: the whole stream, which the client dedups by id
         await _known(connection, job_id, settings)
@@ -175,6 +180,10 @@ def _routes(app: FastAPI, settings: Settings) -> None:
         """Ask for the job to stop; it ends with `error` `cancelled` (unless it ended first)."""
         await _known(connection, job_id, settings)
         return CancelRequested(job_id=job_id, ended=await aio.cancel(job_id, settings=settings))
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", response_model=Health, responses={503: {"model": Problem}})
     async def healthz(connection: Connection, hub: Hub) -> Health:
@@ -253,5 +262,7 @@ async def _sse(
                     terminal = True
                     break
             yield b"".join(out)
+            for _, fields in batch[: len(out)]:
+                gateway_metrics.events_sent.labels(fields[b"type"].decode()).inc()
             if terminal:
                 return

@@ -183,7 +183,10 @@ class TestShutdown:
         wait_for(lambda: streaming(connection, [h.job_id for h in handles[:SLOTS]]), 10, "eight to stream")
         worker.process.send_signal(signal.SIGTERM)
 
-        assert worker.process.wait(timeout=30) == 0
+        try:
+            assert worker.process.wait(timeout=30) == 0
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the worker did not stop: {worker.stop()}") from None
         for handle in handles[:SLOTS]:
             assert_complete_ranking(finished_stream(connection, handle.job_id))
         assert ranking_queue(connection, settings).count == 2  # the queue kept what was not taken

@@ -346,3 +346,40 @@ def test_cors_lets_the_configured_origins_call_and_no_other(
     assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == shop
     assert "access-control-allow-origin" not in stranger.headers
     assert plain.headers["access-control-allow-origin"] == shop
+
+
+def test_the_gateway_counts_subscribers_events_resumes_and_answers(gateway: Gateway) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = httpx.get(f"{gateway.url}/metrics").text
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    before = scrape()
+    job_id = start(gateway)
+    first = read_sse(events_url(gateway, job_id), stop_after=3)
+    read_sse(events_url(gateway, job_id), last_event_id=first[-1].id)
+    after = scrape()
+
+    def moved(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert moved("rankstream_gateway_events_sent_total", type="item") >= 10
+    assert moved("rankstream_gateway_events_sent_total", type="done") == 1
+    assert moved("rankstream_gateway_resumes_total") == 1
+    assert moved("rankstream_gateway_requests_total", route="/v1/rankings", method="POST", status="202") == 1
+    assert (
+        moved(
+            "rankstream_gateway_requests_total",
+            route="/v1/rankings/{job_id}/events",
+            method="GET",
+            status="200",
+        )
+        == 2
+    )
+    assert ("rankstream_gateway_subscribers", ()) in after

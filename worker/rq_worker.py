@@ -269,6 +269,20 @@ class RankingWorker(SimpleWorker):
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
 
+    def unsubscribe(self) -> None:
+        """RQ's, with its thread told to stop before the channel is left.
+
+        RQ's pubsub thread waits up to 60 s per read, and redis-py's `stop()` joins it: when the
+        thread saw the unsubscribe before its stop flag, it went back to waiting for a
+        subscription, and a warm shutdown hung for a minute (found by tests/test_concurrency.py).
+        """
+        if self.pubsub_thread:
+            self.pubsub_thread.stop(timeout=0)  # the flag first; the thread is a daemon
+            with contextlib.suppress(redis.RedisError):
+                self.pubsub.unsubscribe()
+            self.pubsub_thread.join(timeout=1)
+            self.pubsub.close()
+
     def request_force_stop(self, signum: int, frame: FrameType | None) -> None:
         """A second signal: a cold stop, which ends every running job now (teardown does)."""
         self._cold = True
