@@ -7,14 +7,14 @@ import os
 import platform
 import time
 
-from . import concurrency, enqueueing, extractor, gateway, latency, pickup, redis_client, worker_cpu
+from . import concurrency, enqueueing, extractor, gateway, latency, pickup, redis_client, scrape, worker_cpu
 from .common import Row, print_table, redis_server, simulator
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer runs (a smoke test, not a result)")
-    parser.add_argument("--only", default="1,2,3,4,5,6,7,8", help="sections to run, e.g. 1,3")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,8,9", help="sections to run, e.g. 1,3")
     args = parser.parse_args()
     only = set(args.only.split(","))
     runs = 3 if args.quick else 5
@@ -46,6 +46,8 @@ def main() -> None:
             rows += concurrency.measure(redis_url, quick=args.quick)
         if "8" in only:
             rows += gateway.measure(redis_url, quick=args.quick)
+        if "9" in only:
+            rows += scrape.measure(redis_url, quick=args.quick)
     print_table(rows)
     print(f"# {time.monotonic() - started:.0f} s")
 

@@ -66,3 +66,17 @@ def test_the_dashboard_queries_the_provisioned_datasource() -> None:
     for panel in dashboard["panels"]:
         assert panel["datasource"]["uid"] == "prometheus", panel["title"]
         assert panel["targets"] and all(target["expr"] for target in panel["targets"]), panel["title"]
+
+
+def test_every_alert_links_a_runbook_that_exists() -> None:
+    rules = (PROMETHEUS / "rules" / "rankstream.yml").read_text()
+    operations = (DEPLOY.parent / "docs" / "OPERATIONS.md").read_text()
+    headings = {
+        "-".join(line.removeprefix("### ").lower().split())
+        for line in operations.splitlines()
+        if line.startswith("### ")
+    }
+    anchors = [
+        line.split("#", 1)[1].strip() for line in rules.splitlines() if "runbook: docs/OPERATIONS.md#" in line
+    ]
+    assert len(anchors) == 7 and set(anchors) <= headings
