@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -90,71 +91,65 @@ def whole_ranking(page: Page) -> None:
     assert sorted(product for _, product in got) == sorted(str(n) for n in range(1, 11))
 
 
-def test_the_page_ranks_the_example_and_shows_each_item_as_it_arrives(
-    page: Page, page_settings: Settings, page_worker: WorkerProcess
-) -> None:
-    gateway = Gateway(page_settings)
+@dataclass
+class Served:
+    """The page, loaded from a gateway of its own (which a test may replace)."""
+
+    page: Page
+    gateway: Gateway
+
+
+@pytest.fixture
+def served(page: Page, page_settings: Settings, page_worker: WorkerProcess) -> Iterator[Served]:
+    opened = Served(page, Gateway(page_settings))
     try:
-        page.goto(gateway.url)
-        expect(page.locator("#profile")).to_have_value(containing("Customer ID: 12345"))
-        page.click("#rank")
-        expect(page.locator("#items li").first).to_be_visible(timeout=15_000)
-        assert page.locator(DONE).count() == 0, "the first item should show before the list is whole"
-        whole_ranking(page)
-        assert page.locator("#first-item").inner_text().endswith(" s")
-        assert page.locator("#full-list").inner_text().endswith(" s")
-        assert page.locator("#rejected").inner_text() == "0"
-        assert page.locator("#items li .at").first.inner_text().endswith(" s")
-        if os.environ.get("RANKSTREAM_SCREENSHOT"):
-            page.screenshot(path=os.environ["RANKSTREAM_SCREENSHOT"], full_page=True)
+        page.goto(opened.gateway.url)
+        expect(page.locator("#profile")).to_have_value(containing("Customer ID: 12345"))  # pre-filled
+        yield opened
     finally:
-        gateway.stop()
+        opened.gateway.stop()
+
+
+def test_the_page_ranks_the_example_and_shows_each_item_as_it_arrives(served: Served) -> None:
+    page = served.page
+    page.click("#rank")
+    expect(page.locator("#items li").first).to_be_visible(timeout=15_000)
+    assert page.locator(DONE).count() == 0, "the first item should show before the list is whole"
+    whole_ranking(page)
+    assert page.locator("#first-item").inner_text().endswith(" s")
+    assert page.locator("#full-list").inner_text().endswith(" s")
+    assert page.locator("#rejected").inner_text() == "0"
+    assert page.locator("#items li .at").first.inner_text().endswith(" s")
+    if os.environ.get("RANKSTREAM_SCREENSHOT"):
+        page.screenshot(path=os.environ["RANKSTREAM_SCREENSHOT"], full_page=True)
 
 
 def test_a_gateway_killed_and_restarted_mid_ranking_leaves_the_page_with_every_item_once(
-    page: Page, page_settings: Settings, page_worker: WorkerProcess
+    served: Served, page_settings: Settings
 ) -> None:
-    gateway = Gateway(page_settings)
-    try:
-        page.goto(gateway.url)
-        expect(page.locator("#profile")).to_have_value(containing("Customer ID"))
-        page.click("#rank")
-        expect(page.locator("#items li").nth(1)).to_be_visible(timeout=15_000)
-        gateway.process.kill()  # SIGKILL, mid-ranking
-        gateway.stop()
-        expect(page.locator("#status[data-state=reconnecting]")).to_be_visible(timeout=10_000)
-        gateway = Gateway(page_settings, port=gateway.port)
-        whole_ranking(page)
-    finally:
-        gateway.stop()
+    page = served.page
+    page.click("#rank")
+    expect(page.locator("#items li").nth(1)).to_be_visible(timeout=15_000)
+    served.gateway.process.kill()  # SIGKILL, mid-ranking
+    served.gateway.stop()
+    expect(page.locator("#status[data-state=reconnecting]")).to_be_visible(timeout=10_000)
+    served.gateway = Gateway(page_settings, port=served.gateway.port)
+    whole_ranking(page)
 
 
-def test_a_refused_request_shows_the_field(
-    page: Page, page_settings: Settings, page_worker: WorkerProcess
-) -> None:
-    gateway = Gateway(page_settings)
-    try:
-        page.goto(gateway.url)
-        expect(page.locator("#profile")).to_have_value(containing("Customer ID"))
-        page.fill("#products", "[]")
-        page.click("#rank")
-        expect(page.locator("#error")).to_contain_text("products")
-        expect(page.locator("#status[data-state=error]")).to_be_visible()
-    finally:
-        gateway.stop()
+def test_a_refused_request_shows_the_field(served: Served) -> None:
+    page = served.page
+    page.fill("#products", "[]")
+    page.click("#rank")
+    expect(page.locator("#error")).to_contain_text("products")
+    expect(page.locator("#status[data-state=error]")).to_be_visible()
 
 
-def test_a_failed_job_shows_its_error(
-    page: Page, page_settings: Settings, page_worker: WorkerProcess, page_sim: Simulator
-) -> None:
-    gateway = Gateway(page_settings)
+def test_a_failed_job_shows_its_error(served: Served, page_sim: Simulator) -> None:
     page_sim.fault("server_error", 1)
     try:
-        page.goto(gateway.url)
-        expect(page.locator("#profile")).to_have_value(containing("Customer ID"))
-        page.click("#rank")
-        expect(page.locator("#error")).to_contain_text("llm_unavailable", timeout=15_000)
-        expect(page.locator("#error")).to_contain_text("HTTP 500")
+        served.page.click("#rank")
+        expect(served.page.locator("#error")).to_contain_text("llm_unavailable", timeout=15_000)
+        expect(served.page.locator("#error")).to_contain_text("HTTP 500")
     finally:
         page_sim.fault("none")
-        gateway.stop()
