@@ -48,7 +48,12 @@ def _chunks_sent(llm_url: str) -> int:
 
 
 def rankstream_cpu(runtime: Runtime, request: RankingRequest, llm_url: str) -> float:
-    job = Ranking(runtime, keys.new_job_id(), request)
+    job_id = keys.new_job_id()
+    # The state enqueue() writes: the job's scripts refuse to write for a job without one.
+    connection = redis.Redis.from_url(runtime.settings.redis_address)
+    connection.hset(keys.state(job_id), mapping={"enqueued_at": repr(time.time()), "status": "queued"})
+    connection.close()
+    job = Ranking(runtime, job_id, request)
     start = time.process_time()
     result = runtime.submit(job.run()).result()
     cpu = time.process_time() - start
