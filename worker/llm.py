@@ -1,9 +1,11 @@
 """The LLM call: one streamed chat completion, read as raw SSE bytes, yielding text deltas.
 
-The `openai` client still does the HTTP (auth, base URL, error mapping), but the body is
-read raw: building a pydantic object per chunk costs far more than the rest of the worker.
-A delta is the message content or, when the model answers with a tool call, the call's
-argument fragment; both are just text to the extractor.
+The `openai` client decides what a request carries (URL, key, headers, environment) and maps
+errors; the streamed POST itself goes over worker/http_stream.py (`LLMClient`), and its body
+is read raw: an SDK object per chunk costs far more than the rest of the worker. A delta is
+the message content or, when the model answers with a tool call, the call's argument
+fragment; both are just text to the extractor. How a stream ends is told truly: complete only
+with a finish_reason or [DONE], failed by any error the server writes into it.
 """
 
 from __future__ import annotations
