@@ -459,3 +459,40 @@ class TestRedisRestartedMidJob:
             assert_each_product_once_in_rank_order(stream)
         assert all(stream[-1]["type"] == "done" for stream in streams), [s[-1] for s in streams]
         assert next_job[-1]["type"] == "done" and alive, output
+
+
+def through_the_gateway(redis_url: str, sim: Simulator) -> list[str]:
+    """A worker and a gateway on `redis_url`: the example posted and its SSE events read back."""
+    from support.gateway import Gateway
+    from test_gateway import events_url, read_sse, start
+
+    settings = make_settings(redis_url)
+    worker = WorkerProcess(settings, sim)
+    gateway = Gateway(settings)
+    try:
+        return [event.event for event in read_sse(events_url(gateway, start(gateway)))]
+    finally:
+        gateway.stop()
+        worker.stop()
+
+
+WHOLE = ["started"] + ["item"] * 10 + ["done"]
+
+
+class TestTheGatewayOnEveryForm:
+    def test_client_certificates(self, mtls_server: RedisServer, certs: Certificates, sim: Simulator) -> None:
+        url = with_options(
+            mtls_server.url,
+            ssl_ca_certs=certs.ca,
+            ssl_certfile=certs.client_cert,
+            ssl_keyfile=certs.client_key,
+        )
+        assert through_the_gateway(url, sim) == WHOLE
+
+    def test_a_unix_socket_with_a_db(self, sim: Simulator) -> None:
+        with RedisServer(unix_socket=True) as server:
+            assert through_the_gateway(server.unix_url.replace("?db=0", "?db=5"), sim) == WHOLE
+
+    def test_a_password(self, sim: Simulator) -> None:
+        with RedisServer(password="s3cret pass/word") as server:
+            assert through_the_gateway(server.url, sim) == WHOLE
