@@ -32,6 +32,7 @@ log = logging.getLogger("rankstream.gateway")
 Entry = tuple[str, dict[bytes, bytes]]
 COUNT = 512  # entries per stream per read
 RETRY_SECONDS = 0.5  # after a failed read
+WAKE_TTL = 600  # seconds the wake-up stream outlives its last use
 
 
 def entry_key(entry_id: str) -> tuple[int, int]:
@@ -87,20 +88,21 @@ class StreamHub:
             del self._feeds[stream]
 
     async def aclose(self) -> None:
+        """Stop reading. The wake-up stream is left to expire (the gateway's ACL user may not DEL)."""
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
-        with contextlib.suppress(redis.RedisError):
-            await self._redis.delete(self._wake_key)
 
     async def _wake(self) -> None:
         """Make the reader take up the current set of streams now, not when its block ends."""
         if self._reader is None or self._reader.done():
             self._reader = asyncio.create_task(self._read(), name="rankstream-hub")
             return
-        await self._redis.xadd(self._wake_key, {"w": "1"}, maxlen=16, approximate=True)
-        await self._redis.expire(self._wake_key, 3600)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(self._wake_key, {"w": "1"}, maxlen=16, approximate=True)
+            pipe.expire(self._wake_key, WAKE_TTL)
+            await pipe.execute()
 
     async def _read(self) -> None:
         while self._feeds:

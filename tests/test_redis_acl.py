@@ -122,6 +122,28 @@ def settings_for(server: AclServer, role: str, queue: str) -> Any:
     return make_settings(server.url(role), queue=queue)
 
 
+def test_a_gateway_process_serves_a_ranking_as_the_gateway_user(clean_log: AclServer) -> None:
+    """The real gateway, as its ACL user: enqueue, status, its shared blocking read, its wake-up
+    stream, cancel; nothing refused."""
+    from support.gateway import Gateway
+    from test_gateway import events_url, read_sse, start
+
+    queue = f"acl-{uuid.uuid4().hex[:8]}"
+    sim = Simulator()
+    worker = WorkerProcess(settings_for(clean_log, "worker", queue), sim)
+    gateway = Gateway(settings_for(clean_log, "gateway", queue))
+    try:
+        first, second = start(gateway), start(gateway)  # the second joins a hub already reading
+        kinds = [[e.event for e in read_sse(events_url(gateway, job_id))] for job_id in (first, second)]
+        assert kinds == [["started"] + ["item"] * 10 + ["done"]] * 2
+        assert httpx.get(f"{gateway.url}/v1/rankings/{first}").json()["status"] == "done"
+        assert httpx.delete(f"{gateway.url}/v1/rankings/{first}").status_code == 202
+    finally:
+        output = gateway.stop() + worker.stop()
+        sim.stop()
+    assert {role: clean_log.denials(role) for role in ROLES} == {r: [] for r in ROLES}, output
+
+
 class TestTheFile:
     def test_passwords_are_marked_placeholders_and_default_is_off(self) -> None:
         lines = [line.split() for line in ACL_FILE.read_text().splitlines() if line.strip()]
