@@ -249,6 +249,11 @@ class ItemExtractor(Generic[M]):
         if char == '"':
             self._enter_string(text, pos + 1)
             return len(text)
+        self._skip_bracket(char)
+        return pos + 1
+
+    def _skip_bracket(self, char: str) -> None:
+        """A bracket of a value being skipped: maybe the array, one deeper, or one out of it."""
         if char == "[":
             self._mode = _BRACKET
         elif char == "{":
@@ -256,8 +261,7 @@ class ItemExtractor(Generic[M]):
         else:
             self._depth -= 1
             if self._depth == 0:
-                self._mode = _PROSE_TEXT
-        return pos + 1
+                self._mode, self._prose_array = _PROSE_TEXT, False
 
     def _bracket(self, text: str, pos: int) -> int:
         pos = _WHITESPACE.match(text, pos).end()  # type: ignore[union-attr]
@@ -303,16 +307,10 @@ class ItemExtractor(Generic[M]):
         if pos == len(text):
             return pos
         char = text[pos]
-        if char == '"':
+        if char == '"':  # a string that does not close in this text, or not on its line
             self._in_string = True
-        elif char == "[":
-            self._mode = _BRACKET
-        elif char == "{":
-            self._depth += 1
         else:
-            self._depth -= 1
-            if self._depth == 0:
-                self._mode, self._prose_array = _PROSE_TEXT, False
+            self._skip_bracket(char)
         return pos + 1
 
     def _line_string(self, text: str, pos: int) -> tuple[int, _Verdict]:
