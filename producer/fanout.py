@@ -74,16 +74,16 @@ class StreamHub:
         """`async with hub.subscribe(stream, after) as sub:` then `await sub.next(timeout)`."""
         return Subscription(self, stream, after)
 
-    def _join(self, stream: str, after: str, queue: Subscription) -> tuple[_Feed, str]:
+    def _join(self, stream: str, after: str, subscription: Subscription) -> tuple[_Feed, str]:
         """Add a subscriber; returns its feed and the position the feed had read to."""
         feed = self._feeds.get(stream)
         if feed is None:
             feed = self._feeds[stream] = _Feed(after)
-        feed.subscribers.add(queue)
+        feed.subscribers.add(subscription)
         return feed, feed.last_id
 
-    def _leave(self, stream: str, feed: _Feed, queue: Subscription) -> None:
-        feed.subscribers.discard(queue)
+    def _leave(self, stream: str, feed: _Feed, subscription: Subscription) -> None:
+        feed.subscribers.discard(subscription)
         if not feed.subscribers and self._feeds.get(stream) is feed:
             del self._feeds[stream]
 
@@ -188,8 +188,15 @@ class Subscription:
 
     def _take(self) -> list[Entry]:
         pending, self._pending = self._pending, []
+        if not pending:
+            return pending
         position = self._position
-        batch = [entry for entry in pending if entry_key(entry[0]) > position]
+        # Entries come in id order, so when the first is new they all are (the usual case);
+        # only a batch overlapping the gap read at join needs filtering.
+        if entry_key(pending[0][0]) > position:
+            batch = pending
+        else:
+            batch = [entry for entry in pending if entry_key(entry[0]) > position]
         if batch:
             self._position = entry_key(batch[-1][0])
         return batch

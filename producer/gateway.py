@@ -234,8 +234,7 @@ async def _ended_before(connection: redis.asyncio.Redis, stream: str, after: str
     if not last:
         return False
     entry_id, fields = last[0]
-    kind = fields.get(b"type", b"").decode()
-    return kind in (EventType.DONE, EventType.ERROR) and entry_key(entry_id.decode()) <= entry_key(after)
+    return EventType(fields[b"type"].decode()).terminal and entry_key(entry_id.decode()) <= entry_key(after)
 
 
 async def _sse(
@@ -255,14 +254,13 @@ async def _sse(
             out = []
             terminal = False
             for entry_id, fields in batch:
-                kind = fields[b"type"]
+                kind = EventType(fields[b"type"].decode())
                 data = fields[b"data"].replace(b"\n", b"\ndata: ")
-                out.append(b"id: %s\nevent: %s\ndata: %s\n\n" % (entry_id.encode(), kind, data))
-                if EventType(kind.decode()).terminal:
+                out.append(b"id: %s\nevent: %s\ndata: %s\n\n" % (entry_id.encode(), fields[b"type"], data))
+                gateway_metrics.events_sent.labels(kind).inc()
+                if kind.terminal:
                     terminal = True
                     break
             yield b"".join(out)
-            for _, fields in batch[: len(out)]:
-                gateway_metrics.events_sent.labels(fields[b"type"].decode()).inc()
             if terminal:
                 return

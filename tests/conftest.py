@@ -177,6 +177,23 @@ def finished_stream(connection: redis.Redis, job_id: str) -> list[dict[str, Any]
     return [{"type": e.type, "id": e.id, **e.data} for e in stream]
 
 
+def ranked_with_fault(
+    sim: Simulator,
+    settings: Settings,
+    connection: redis.Redis,
+    fault: str,
+    count: int | None = 1,
+    **overrides: Any,
+) -> list[dict[str, Any]]:
+    """The example's whole stream, with `fault` switched on for its next `count` LLM calls."""
+    from producer import enqueue
+    from rankstream.dev import example
+
+    sim.fault(fault, count)
+    handle = enqueue(example.example_request(**overrides), settings=settings)
+    return finished_stream(connection, handle.job_id)
+
+
 def items(stream: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in stream if e["type"] == "item"]
 

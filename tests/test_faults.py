@@ -6,13 +6,22 @@ request(s) through the simulator's /sim/faults.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
-from conftest import Simulator, WorkerProcess, assert_complete_ranking, finished_stream, items, make_settings
+from conftest import (
+    Simulator,
+    WorkerProcess,
+    assert_complete_ranking,
+    finished_stream,
+    items,
+    make_settings,
+    ranked_with_fault,
+)
 from rq import Queue
 from rq.job import Job
 
@@ -45,12 +54,7 @@ def fault_worker(fault_settings: Settings, sim: Simulator) -> Iterator[WorkerPro
 def run(
     fault_worker: WorkerProcess, fault_settings: Settings, sim: Simulator, connection: redis.Redis
 ) -> Iterator[Any]:
-    def run_with(fault: str, count: int | None = 1, **overrides: object) -> list[dict[str, Any]]:
-        sim.fault(fault, count)
-        handle = enqueue(example.example_request(**overrides), settings=fault_settings)
-        return finished_stream(connection, handle.job_id)
-
-    yield run_with
+    yield functools.partial(ranked_with_fault, sim, fault_settings, connection)
     sim.fault("none")
 
 

@@ -8,15 +8,21 @@ gives the same items. The simulator plays each server's behaviour (rankstream/si
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
-from conftest import Simulator, WorkerProcess, assert_complete_ranking, finished_stream, items, make_settings
+from conftest import (
+    Simulator,
+    WorkerProcess,
+    assert_complete_ranking,
+    items,
+    make_settings,
+    ranked_with_fault,
+)
 
-from producer import enqueue
-from rankstream.dev import example
 from rankstream.settings import Settings
 
 ERROR_FORMS = ["no_done", "error_line", "error_event", "error_object"]
@@ -50,12 +56,7 @@ def ending_worker(ending_settings: Settings, sim: Simulator, llm_http: str) -> I
 def run(
     ending_worker: WorkerProcess, ending_settings: Settings, sim: Simulator, connection: redis.Redis
 ) -> Iterator[Any]:
-    def run_with(fault: str, count: int | None = 1) -> list[dict[str, Any]]:
-        sim.fault(fault, count)
-        handle = enqueue(example.example_request(), settings=ending_settings)
-        return finished_stream(connection, handle.job_id)
-
-    yield run_with
+    yield functools.partial(ranked_with_fault, sim, ending_settings, connection)
     sim.fault("none")
 
 

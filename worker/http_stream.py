@@ -22,11 +22,11 @@ import httpx2
 import openai
 
 from .http_wire import Body, Head, ProtocolError, parse_head
+from .network import SocketReader
 
 KEEPALIVE_SECONDS = 5.0  # httpx2's keepalive_expiry: servers close idle connections soon after
 MAX_ERROR_BODY = 64 * 1024
 DRAIN_SECONDS = 1.0  # how long the end of an answered body may take to arrive, in the background
-READ_SIZE_HINT = 1 << 20  # stop reading the socket while this much is unread
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,59 +64,17 @@ class Route:
         return cls(Endpoint.of(url), Endpoint.of(proxy.url), auth)
 
 
-class _Connection(asyncio.Protocol):
-    """One socket: what it has received, and one reader waiting on it."""
+class _Connection(SocketReader):
+    """One pooled socket: worker/network.py's buffering Protocol, read whole, and its idle time."""
 
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.closed = False
-        self.error: BaseException | None = None
-        self.idle_since = 0.0
-        self._waiter: asyncio.Future[None] | None = None
-        self._paused = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        if len(self.buffer) > READ_SIZE_HINT and self.transport is not None and not self._paused:
-            self._paused = True
-            self.transport.pause_reading()
-        self._wake()
-
-    def eof_received(self) -> bool:
-        self.closed = True
-        self._wake()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.error = exc
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+    idle_since = 0.0
 
     async def receive(self, timeout: float | None) -> bytes:
         """What has arrived, waiting for some if nothing has; b"" once the connection is closed."""
-        if not self.buffer and not self.closed:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._waiter
-            finally:
-                self._waiter = None
-        data = bytes(self.buffer)
-        self.buffer.clear()
-        if self._paused and self.transport is not None:
-            self._paused = False
-            self.transport.resume_reading()
-        return data
+        if not self.buffer and not self.eof:
+            async with asyncio.timeout(timeout):
+                await self.wait_readable()
+        return self.take(len(self.buffer))
 
     def write(self, data: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -124,7 +82,7 @@ class _Connection(asyncio.Protocol):
         self.transport.write(data)
 
     def close(self) -> None:
-        self.closed = True
+        self.eof = True
         if self.transport is not None:
             self.transport.close()
 
@@ -132,7 +90,7 @@ class _Connection(asyncio.Protocol):
     def usable(self) -> bool:
         """An idle pooled connection may carry a request: open, quiet, not kept past the expiry."""
         fresh = time.monotonic() - self.idle_since < KEEPALIVE_SECONDS
-        return fresh and not self.closed and not self.buffer
+        return fresh and not self.eof and not self.buffer
 
 
 class Response:
@@ -162,14 +120,14 @@ class Response:
                 if body.done:
                     return
                 data = await conn.receive(timeout)
-                if not data and conn.closed:
+                if not data and conn.eof:
                     payload = body.end_of_input()
                     if payload:
                         yield payload
                     return
         except TimeoutError:
             raise openai.APITimeoutError(request=self._stream.request) from None
-        except (OSError, ssl.SSLError, ProtocolError) as exc:
+        except (OSError, ProtocolError) as exc:  # ssl.SSLError is an OSError
             raise self._stream.connection_error(exc) from exc
 
     async def read(self) -> bytes:
@@ -191,7 +149,7 @@ class Response:
         """
         if self._reusable_now():
             self._stream.keep(self._conn)
-        elif drain and not self._conn.closed and self._body.reusable:
+        elif drain and not self._conn.eof and self._body.reusable:
             self._stream.drain_later(self)
         else:
             self._conn.close()
@@ -302,7 +260,7 @@ class StreamingPost:
         except TimeoutError:
             conn.close()
             raise openai.APITimeoutError(request=self.request) from None
-        except (OSError, ssl.SSLError, ProtocolError) as exc:
+        except (OSError, ProtocolError) as exc:  # ssl.SSLError is an OSError
             conn.close()
             if not fresh and not buffer and isinstance(exc, ConnectionError):
                 raise _Stale from exc
@@ -333,7 +291,7 @@ class StreamingPost:
             if conn is not None:
                 conn.close()
             raise openai.APITimeoutError(request=self.request) from None
-        except (OSError, ssl.SSLError, ProtocolError) as exc:
+        except (OSError, ProtocolError) as exc:  # ssl.SSLError is an OSError
             if conn is not None:
                 conn.close()
             raise self.connection_error(exc) from exc

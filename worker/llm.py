@@ -249,30 +249,26 @@ async def _status_error(client: LLMClient, post: StreamingPost, response: Respon
 async def _deltas(body: AsyncIterator[bytes], state: StreamState) -> AsyncIterator[list[str]]:
     decoder = SSEDecoder()
     monotonic = time.monotonic
-    try:
-        async for chunk in body:
-            state.last_chunk_at = monotonic()
-            texts: list[str] = []
-            for name, payload in decoder.feed(chunk):
-                if name == ERROR:
-                    raise LLMStreamError.reported(_loads_or_text(payload))
-                if payload.startswith(b"[DONE]"):  # as the openai SDK reads it: trailing bytes too
-                    state.completed = True
-                    break
-                text = _text_or_skip(payload, state)
-                if text:
-                    texts.append(text)
-            if texts:
-                if state.first_token_at is None:
-                    state.first_token_at = time.time()
-                state.chunks += len(texts)
-                state.chars += sum(map(len, texts))
-                yield texts
-            if state.completed:
-                return  # whatever the connection does after [DONE] cannot spoil a whole answer
-    except (openai.APIConnectionError, httpx2.TransportError):
-        if not state.completed:
-            raise
+    async for chunk in body:
+        state.last_chunk_at = monotonic()
+        texts: list[str] = []
+        for name, payload in decoder.feed(chunk):
+            if name == ERROR:
+                raise LLMStreamError.reported(_loads_or_text(payload))
+            if payload.startswith(b"[DONE]"):  # as the openai SDK reads it: trailing bytes too
+                state.completed = True
+                break
+            text = _text_or_skip(payload, state)
+            if text:
+                texts.append(text)
+        if texts:
+            if state.first_token_at is None:
+                state.first_token_at = time.time()
+            state.chunks += len(texts)
+            state.chars += sum(map(len, texts))
+            yield texts
+        if state.completed:
+            return  # no more reads: whatever the connection does after [DONE] cannot spoil the answer
     if not state.completed and state.finish_reason is None:
         raise LLMStreamError("the LLM stream ended before the answer did (no finish_reason, no [DONE])")
 

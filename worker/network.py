@@ -27,8 +27,8 @@ SocketOption = tuple[int, int, int] | tuple[int, int, bytes | bytearray] | tuple
 HIGH_WATER = 1 << 20  # stop reading from the socket while this much is unread
 
 
-class _Reader(asyncio.Protocol):
-    """Buffers what arrives; one reader at a time waits on it."""
+class SocketReader(asyncio.Protocol):
+    """Buffers what arrives; one reader at a time waits on it (also worker/http_stream.py's)."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -97,7 +97,7 @@ class _Reader(asyncio.Protocol):
 
 
 class AsyncioStream(httpcore2.AsyncNetworkStream):
-    def __init__(self, transport: asyncio.Transport, reader: _Reader) -> None:
+    def __init__(self, transport: asyncio.Transport, reader: SocketReader) -> None:
         self._transport = transport
         self._reader = reader
 
@@ -173,7 +173,7 @@ class AsyncioBackend(httpcore2.AsyncNetworkBackend):
         local = (local_address, 0) if local_address else None
         try:
             async with asyncio.timeout(timeout):
-                transport, reader = await loop.create_connection(_Reader, host, port, local_addr=local)
+                transport, reader = await loop.create_connection(SocketReader, host, port, local_addr=local)
         except TimeoutError as exc:
             raise httpcore2.ConnectTimeout(str(exc) or "connect timed out") from exc
         except OSError as exc:
@@ -190,7 +190,7 @@ class AsyncioBackend(httpcore2.AsyncNetworkBackend):
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
-                transport, reader = await loop.create_unix_connection(_Reader, path)
+                transport, reader = await loop.create_unix_connection(SocketReader, path)
         except TimeoutError as exc:
             raise httpcore2.ConnectTimeout(str(exc) or "connect timed out") from exc
         except OSError as exc:

@@ -10,7 +10,6 @@ Nothing here knows about RQ: worker/job.py adapts it.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -274,7 +273,7 @@ class Ranking:
                 raise Stopped(watchdog.reason) from None
             finally:
                 watchdog.stop()
-                self.report.stream_ended(state, prompt_chars(chat))
+                self.report.stream_ended(state, chat)
         for result in extractor.close():
             self._take(result, state)
         if not await self._flush() and self.settings.fallback and self.count > 0:
@@ -383,10 +382,3 @@ class Ranking:
                 return Ending.LOST
             await asyncio.sleep(pause)
             pause = min(pause * 2, TERMINAL_RETRY_MAX)
-
-
-def prompt_chars(chat: dict[str, Any]) -> int:
-    """The characters of what a chat request asks: messages, and the schema it carries (if any)."""
-    schema = chat.get("response_format") or chat.get("tools")
-    text = sum(len(message["content"]) for message in chat["messages"])
-    return text + (len(json.dumps(schema, separators=(",", ":"))) if schema else 0)

@@ -6,7 +6,9 @@ histograms at the moment each fact is known and builds the `done` event's counts
 
 from __future__ import annotations
 
+import json
 import time
+from typing import Any
 
 from rankstream.codes import RejectReason
 from rankstream.models import CHARS_PER_TOKEN, USAGE_ESTIMATE, Timings, Usage
@@ -52,10 +54,10 @@ class Report:
             metrics.item_gap.observe(now - self.last_item_at)
         self.last_item_at = now
 
-    def stream_ended(self, state: StreamState, prompt_chars: int) -> None:
+    def stream_ended(self, state: StreamState, chat: dict[str, Any]) -> None:
         """Add one LLM call's usage: the server's, else an estimate (a call cut short reports none)."""
         self.first_token(state)
-        usage = state.usage or _estimated(prompt_chars, state.chars)
+        usage = state.usage or _estimated(_prompt_chars(chat), state.chars)
         counted = "estimated" if usage.estimated else "reported"
         metrics.llm_tokens.labels("prompt", counted).inc(usage.prompt_tokens)
         metrics.llm_tokens.labels("completion", counted).inc(usage.completion_tokens)
@@ -81,6 +83,13 @@ class Report:
             first_item=_since(base, first_item),
             total=_since(base, time.time()),
         )
+
+
+def _prompt_chars(chat: dict[str, Any]) -> int:
+    """The characters of what a chat request asks: messages, and the schema it carries (if any)."""
+    schema = chat.get("response_format") or chat.get("tools")
+    text = sum(len(message["content"]) for message in chat["messages"])
+    return text + (len(json.dumps(schema, separators=(",", ":"))) if schema else 0)
 
 
 def _estimated(prompt_chars: int, completion_chars: int) -> Usage:

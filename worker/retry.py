@@ -56,18 +56,17 @@ def stopped(reason: StopReason) -> Failure:
 def classify(exc: BaseException) -> Failure:
     """What an exception out of an attempt means for the job."""
     detail = f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, openai.RateLimitError):
-        return Failure(
-            RetryCause.RATE_LIMIT,
-            ErrorCode.LLM_UNAVAILABLE,
-            _status_message(exc),
-            retry_after(exc.response.headers),
-            detail,
-        )
     if isinstance(exc, openai.APIStatusError):
-        cause = RetryCause.SERVER_ERROR if exc.status_code >= 500 or exc.status_code in (408, 409) else None
-        headers = exc.response.headers
-        return Failure(cause, ErrorCode.LLM_UNAVAILABLE, _status_message(exc), retry_after(headers), detail)
+        status = exc.status_code
+        cause = (
+            RetryCause.RATE_LIMIT
+            if isinstance(exc, openai.RateLimitError)
+            else RetryCause.SERVER_ERROR
+            if status >= 500 or status in (408, 409)
+            else None
+        )
+        wait = retry_after(exc.response.headers)
+        return Failure(cause, ErrorCode.LLM_UNAVAILABLE, _status_message(exc), wait, detail)
     if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
         return Failure(
             RetryCause.TIMEOUT, ErrorCode.LLM_UNAVAILABLE, "the LLM did not answer in time", None, detail
